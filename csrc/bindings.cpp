@@ -1,0 +1,233 @@
+// Python bindings: check arrays, allocate outputs, release the GIL, call the driver.
+// The friendly argument checking lives in python/rnncore/models.py; the checks here only make
+// sure that nothing reaching the driver can read or write out of bounds.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "blas.h"
+#include "dispatch.h"
+#include "driver.h"
+
+namespace py = pybind11;
+using namespace rnncore;
+
+namespace {
+
+struct PyTape {  // a training forward's tape, float or double
+  std::unique_ptr<Tape<float>> f;
+  std::unique_ptr<Tape<double>> d;
+  int64_t bytes() const { return f ? f->bytes() : d ? d->bytes() : 0; }
+};
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "(";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + (s.size() == 1 ? ",)" : ")");
+}
+
+// The array as a C-contiguous T array of exactly `shape`, or a ValueError/TypeError.
+template <class T>
+py::array_t<T> checked(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
+  if (!py::isinstance<py::array>(obj)) throw py::type_error(std::string(name) + ": expected a numpy array");
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
+                         ", got " + std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + ": must be C-contiguous");
+  std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
+  if (got != shape)
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " + shape_str(got));
+  return py::reinterpret_borrow<py::array_t<T>>(a);
+}
+
+template <class T>
+const T* optional(const py::object& obj, const char* name, const std::vector<int64_t>& shape,
+                  std::vector<py::array_t<T>>& keep) {
+  if (obj.is_none()) return nullptr;
+  keep.push_back(checked<T>(obj, name, shape));
+  return keep.back().data();
+}
+
+template <class T>
+py::array_t<T> empty(const std::vector<int64_t>& shape) {
+  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+}
+
+struct Config {
+  Problem p;
+  int gates;
+  bool has_c, has_b_hn;
+};
+
+Config config(int cell, int64_t layers, int64_t dirs, int64_t T, int64_t N, int64_t D, int64_t H) {
+  if (cell < 0 || cell > 4) throw py::value_error("cell: unknown kind " + std::to_string(cell));
+  if (layers < 1 || (dirs != 1 && dirs != 2) || T < 1 || N < 0 || D < 1 || H < 1)
+    throw py::value_error("invalid sizes");
+  const CellKind kind = CellKind(cell);
+  const int G = kind == CellKind::lstm ? 4 : (kind == CellKind::gru || kind == CellKind::gru_after) ? 3 : 1;
+  // every count the BLAS sees is a 32-bit int, and (T + 1) * N rows of (G + 1) * H columns must fit
+  const int64_t lim = int64_t(1) << 31;
+  const int64_t wide = std::max<int64_t>({D, dirs * H, (G + 1) * H});
+  if ((T + 1) * N >= lim || wide >= lim || (T + 1) * N > (int64_t(1) << 62) / wide / 8)
+    throw py::value_error("sizes too large: T=" + std::to_string(T) + ", N=" + std::to_string(N) +
+                          ", D=" + std::to_string(D) + ", H=" + std::to_string(H));
+  return {Problem{kind, T, N, D, H, layers, dirs}, G, kind == CellKind::lstm, kind == CellKind::gru_after};
+}
+
+template <class T>
+std::vector<LayerParams<T>> params_of(const Config& c, const py::list& weights, std::vector<py::array_t<T>>& keep) {
+  const Problem& p = c.p;
+  if (int64_t(weights.size()) != p.layers * p.dirs)
+    throw py::value_error("weights: expected " + std::to_string(p.layers * p.dirs) + " entries");
+  std::vector<LayerParams<T>> out;
+  for (int64_t k = 0; k < p.layers * p.dirs; ++k) {
+    auto t = weights[k].cast<py::tuple>();
+    if (t.size() != 4) throw py::value_error("weights: each entry is (W_ih, W_hh, b, b_hn)");
+    const int64_t D = k < p.dirs ? p.D : p.dirs * p.H, GH = c.gates * p.H;
+    LayerParams<T> lp{};
+    keep.push_back(checked<T>(t[0], "W_ih", {GH, D}));
+    lp.W_ih = keep.back().data();
+    keep.push_back(checked<T>(t[1], "W_hh", {GH, p.H}));
+    lp.W_hh = keep.back().data();
+    keep.push_back(checked<T>(t[2], "b", {GH}));
+    lp.b = keep.back().data();
+    if (c.has_b_hn) {
+      keep.push_back(checked<T>(t[3], "b_hn", {p.H}));
+      lp.b_hn = keep.back().data();
+    }
+    out.push_back(lp);
+  }
+  return out;
+}
+
+template <class T>
+py::tuple forward_t(const Config& c, const py::list& weights, const py::array& x_, const py::array& h0_,
+                    const py::object& c0_, const py::object& lengths_, const py::object& masks_, bool train) {
+  const Problem& p = c.p;
+  std::vector<py::array_t<T>> keep;
+  auto params = params_of<T>(c, weights, keep);
+  const std::vector<int64_t> state{p.layers * p.dirs, p.N, p.H};
+  auto x = checked<T>(x_, "x", {p.T, p.N, p.D});
+  auto h0 = checked<T>(h0_, "h0", state);
+  const T* c0 = c.has_c ? optional<T>(c0_, "c0", state, keep) : nullptr;
+  if (c.has_c && !c0) throw py::value_error("c0: required for LSTM");
+  const T* masks = optional<T>(masks_, "masks", {p.layers - 1, p.T, p.N, p.dirs * p.H}, keep);
+  const int64_t* lengths = nullptr;
+  py::array_t<int64_t> lens;
+  if (!lengths_.is_none()) {
+    lens = checked<int64_t>(lengths_, "lengths", {p.N});
+    for (int64_t i = 0; i < p.N; ++i)
+      if (lens.data()[i] < 1 || lens.data()[i] > p.T) throw py::value_error("lengths: each must be in [1, T]");
+    lengths = lens.data();
+  }
+  auto y = empty<T>({p.T, p.N, p.dirs * p.H});
+  auto h_n = empty<T>(state);
+  py::object c_n = py::none();
+  T* c_n_ptr = nullptr;
+  if (c.has_c) {
+    auto a = empty<T>(state);
+    c_n_ptr = a.mutable_data();
+    c_n = a;
+  }
+  std::unique_ptr<Tape<T>> tape;
+  {
+    py::gil_scoped_release nogil;
+    tape = forward<T>(p, params.data(), x.data(), h0.data(), c0, lengths, masks, train, y.mutable_data(),
+                      h_n.mutable_data(), c_n_ptr);
+  }
+  py::object t = py::none();
+  if (tape) {
+    PyTape pt;
+    if constexpr (std::is_same_v<T, float>) pt.f = std::move(tape); else pt.d = std::move(tape);
+    t = py::cast(std::move(pt));
+  }
+  return py::make_tuple(y, h_n, c_n, t);
+}
+
+template <class T>
+py::tuple backward_t(const Tape<T>& tape, const py::list& weights, const py::object& masks_, const py::object& dy_,
+                     const py::object& dh_n_, const py::object& dc_n_) {
+  const Problem& p = tape.p;
+  const Config c = config(int(p.cell), p.layers, p.dirs, p.T, p.N, p.D, p.H);
+  std::vector<py::array_t<T>> keep;
+  auto params = params_of<T>(c, weights, keep);
+  const std::vector<int64_t> state{p.layers * p.dirs, p.N, p.H};
+  const T* masks = optional<T>(masks_, "masks", {p.layers - 1, p.T, p.N, p.dirs * p.H}, keep);
+  const T* dy = optional<T>(dy_, "dy", {p.T, p.N, p.dirs * p.H}, keep);
+  const T* dh_n = optional<T>(dh_n_, "dh_n", state, keep);
+  const T* dc_n = c.has_c ? optional<T>(dc_n_, "dc_n", state, keep) : nullptr;
+
+  auto dx = empty<T>({p.T, p.N, p.D});
+  auto dh0 = empty<T>(state);
+  py::object dc0 = py::none();
+  T* dc0_ptr = nullptr;
+  if (c.has_c) {
+    auto a = empty<T>(state);
+    dc0_ptr = a.mutable_data();
+    dc0 = a;
+  }
+  py::list grads_out;
+  std::vector<LayerGrads<T>> grads;
+  for (int64_t k = 0; k < p.layers * p.dirs; ++k) {
+    const int64_t D = k < p.dirs ? p.D : p.dirs * p.H, GH = c.gates * p.H;
+    auto gW = empty<T>({GH, D}), gR = empty<T>({GH, p.H}), gb = empty<T>({GH});
+    py::object gbhn = py::none();
+    LayerGrads<T> lg{gW.mutable_data(), gR.mutable_data(), gb.mutable_data(), nullptr};
+    if (c.has_b_hn) {
+      auto a = empty<T>({p.H});
+      lg.b_hn = a.mutable_data();
+      gbhn = a;
+    }
+    grads.push_back(lg);
+    grads_out.append(py::make_tuple(gW, gR, gb, gbhn));
+  }
+  {
+    py::gil_scoped_release nogil;
+    backward<T>(tape, params.data(), masks, dy, dh_n, dc_n, dx.mutable_data(), dh0.mutable_data(), dc0_ptr,
+                grads.data());
+  }
+  return py::make_tuple(dx, dh0, dc0, grads_out);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "rnncore's C++ core: one driver for RNN, LSTM and GRU over OpenBLAS";
+
+  py::class_<PyTape>(m, "Tape", "What a training forward keeps for backward (opaque).")
+      .def_property_readonly("nbytes", &PyTape::bytes, "bytes held by the tape");
+
+  m.def(
+      "forward",
+      [](int cell, int64_t layers, int64_t dirs, const py::list& weights, const py::array& x, const py::array& h0,
+         const py::object& c0, const py::object& lengths, const py::object& masks, bool train) {
+        if (x.ndim() != 3) throw py::value_error("x: expected 3 dimensions");
+        if (h0.ndim() != 3) throw py::value_error("h0: expected 3 dimensions");
+        const Config c = config(cell, layers, dirs, x.shape(0), x.shape(1), x.shape(2), h0.shape(2));
+        if (x.dtype().is(py::dtype::of<float>())) return forward_t<float>(c, weights, x, h0, c0, lengths, masks, train);
+        if (x.dtype().is(py::dtype::of<double>())) return forward_t<double>(c, weights, x, h0, c0, lengths, masks, train);
+        throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
+      },
+      py::arg("cell"), py::arg("layers"), py::arg("dirs"), py::arg("weights"), py::arg("x"), py::arg("h0"),
+      py::arg("c0"), py::arg("lengths"), py::arg("masks"), py::arg("train"));
+
+  m.def(
+      "backward",
+      [](const PyTape& t, const py::list& weights, const py::object& masks, const py::object& dy,
+         const py::object& dh_n, const py::object& dc_n) {
+        if (t.f) return backward_t<float>(*t.f, weights, masks, dy, dh_n, dc_n);
+        if (t.d) return backward_t<double>(*t.d, weights, masks, dy, dh_n, dc_n);
+        throw py::value_error("tape: empty");
+      },
+      py::arg("tape"), py::arg("weights"), py::arg("masks"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"));
+
+  m.def("set_num_threads", &blas_set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &blas_get_num_threads);
+  m.def("blas_corename", &blas_corename);
+  m.def("blas_config", &blas_config);
+  m.def("kernel_isa", &kernel_isa, "instruction-set build of the pointwise kernels in use");
+}

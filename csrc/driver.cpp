@@ -1,0 +1,355 @@
+#include "driver.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "blas.h"
+#include "dispatch.h"
+
+namespace rnncore {
+
+Schedule::Schedule(int64_t T_, int64_t N_, const int64_t* lengths) : T(T_), N(N_) {
+  perm.resize(N);
+  len.resize(N);
+  std::iota(perm.begin(), perm.end(), int64_t(0));
+  if (lengths) {
+    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return lengths[a] > lengths[b]; });
+    for (int64_t i = 0; i < N; ++i) len[i] = lengths[perm[i]];
+  } else {
+    std::fill(len.begin(), len.end(), T);
+  }
+  natural = std::all_of(len.begin(), len.end(), [&](int64_t l) { return l == T; });
+  B.assign(T, 0);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t s = 0; s < len[i]; ++s) ++B[s];
+  O.assign(T + 2, 0);
+  for (int64_t k = 0; k <= T; ++k) O[k + 1] = O[k] + slot_rows(k);
+}
+
+template <class T>
+int64_t Tape<T>::bytes() const {
+  int64_t n = 0;
+  for (const auto& b : inputs) n += b.size();
+  for (const auto& d : dirs) n += d.hs.size() + d.cs.size() + d.cache.size();
+  return n * int64_t(sizeof(T));
+}
+
+namespace {
+
+template <class T>
+void zero(T* p, int64_t n) {
+  if (n > 0) std::memset(p, 0, size_t(n) * sizeof(T));
+}
+
+// dst slot rows (slot layout, `width` columns) <- natural rows of src (row (t, n) at
+// src + (t*N + n) * src_ld). Rows of ended sequences are zeroed.
+template <class T>
+void gather(const Schedule& S, int d, const T* src, int64_t src_ld, int64_t width, T* dst) {
+  for (int64_t s = 0; s < S.T; ++s) {
+    T* slot = dst + S.O[s] * width;
+    for (int64_t i = 0; i < S.B[s]; ++i) {
+      const T* row = src + (S.time(d, s, i) * S.N + S.perm[i]) * src_ld;
+      std::memcpy(slot + i * width, row, size_t(width) * sizeof(T));
+    }
+    zero(slot + S.B[s] * width, (S.slot_rows(s) - S.B[s]) * width);
+  }
+}
+
+// natural rows of dst (+)= slot rows of src; slot `s + shift` holds step s.
+template <class T>
+void scatter(const Schedule& S, int d, const T* src, int64_t width, int shift, T* dst, int64_t dst_ld, bool add) {
+  for (int64_t s = 0; s < S.T; ++s) {
+    const T* slot = src + S.O[s + shift] * width;
+    for (int64_t i = 0; i < S.B[s]; ++i) {
+      T* row = dst + (S.time(d, s, i) * S.N + S.perm[i]) * dst_ld;
+      const T* r = slot + i * width;
+      if (add)
+        for (int64_t j = 0; j < width; ++j) row[j] += r[j];
+      else
+        std::memcpy(row, r, size_t(width) * sizeof(T));
+    }
+  }
+}
+
+// sorted rows <-> batch rows of an (N, H) state
+template <class T>
+void permute_in(const Schedule& S, const T* src, int64_t H, T* dst) {
+  for (int64_t i = 0; i < S.N; ++i)
+    if (src)
+      std::memcpy(dst + i * H, src + S.perm[i] * H, size_t(H) * sizeof(T));
+    else
+      zero(dst + i * H, H);
+}
+template <class T>
+void permute_out(const Schedule& S, const T* src, int64_t H, T* dst) {
+  for (int64_t i = 0; i < S.N; ++i) std::memcpy(dst + S.perm[i] * H, src + i * H, size_t(H) * sizeof(T));
+}
+// final state of each row: slot len[i] of a slot-layout buffer
+template <class T>
+void final_state(const Schedule& S, const T* slots, int64_t H, T* dst) {
+  for (int64_t i = 0; i < S.N; ++i)
+    std::memcpy(dst + S.perm[i] * H, slots + (S.O[S.len[i]] + i) * H, size_t(H) * sizeof(T));
+}
+
+template <class T>
+void column_sums(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
+  zero(out, cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
+}
+
+template <class T>
+struct Layer {  // one layer and direction, as the time loops see it
+  const CellSpec<T>& cell;
+  const Schedule& S;
+  const LayerParams<T>& w;
+  int64_t D, H;
+  int d;
+  int64_t G() const { return cell.gates * H; }
+  int64_t W() const { return (cell.gates + cell.extra_cols) * H; }
+  // the layer input in slot layout: the natural rows themselves when the map is the identity
+  const T* slot_input(const T* in, Buffer<T>& buf) const {
+    if (S.natural && d == 0) return in;
+    buf = Buffer<T>(S.O[S.T] * D);
+    gather(S, d, in, D, D, buf.data());
+    return buf.data();
+  }
+};
+
+template <class T>
+void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool train, T* y, int64_t y_ld,
+                 T* h_n, T* c_n, typename Tape<T>::Dir* keep) {
+  const Schedule& S = L.S;
+  const CellSpec<T>& cell = L.cell;
+  const int64_t H = L.H, G = L.G(), W = L.W(), R = S.O[S.T];
+
+  Buffer<T> xbuf, gbuf, hbuf, cbuf;
+  const T* xp = L.slot_input(in, xbuf);
+  gbuf = Buffer<T>(R * W);
+  hbuf = Buffer<T>(S.O[S.T + 1] * H);
+  const bool c_slots = train;  // backward needs every c; inference updates one (N, H) in place
+  if (cell.has_c) cbuf = Buffer<T>(c_slots ? S.O[S.T + 1] * H : S.N * H);
+  Buffer<T> rec(S.N * G);
+  T* g = gbuf.data();
+  T* hs = hbuf.data();
+  T* cs = cbuf.data();
+
+  // input projection of every step: one GEMM
+  gemm<T>(false, true, R, G, L.D, xp, L.D, L.w.W_ih, L.D, T(0), g, W);
+  for (int64_t s = 0; s < S.T; ++s) zero(g + (S.O[s] + S.B[s]) * W, (S.slot_rows(s) - S.B[s]) * W);
+  permute_in(S, h0, H, hs);
+  if (cell.has_c) permute_in(S, c0, H, cs);
+
+  Step<T> st;
+  st.H = H;
+  st.ldg = W;
+  st.rec = rec.data();
+  st.b = L.w.b;
+  st.b_hn = L.w.b_hn;
+  for (int64_t s = 0; s < S.T; ++s) {
+    const int64_t m = S.B[s];
+    st.m = m;
+    st.g = g + S.O[s] * W;
+    st.h_prev = hs + S.O[s] * H;
+    st.h = hs + S.O[s + 1] * H;
+    if (cell.has_c) {
+      st.c_prev = c_slots ? cs + S.O[s] * H : cs;
+      st.c = c_slots ? cs + S.O[s + 1] * H : cs;
+    }
+    for (int k = 0; k < cell.num_blocks; ++k) {
+      const Block& bk = cell.blocks[k];
+      const T* op = bk.op_col < 0 ? st.h_prev : st.g + bk.op_col * H;
+      const int64_t ld = bk.op_col < 0 ? H : W;
+      gemm<T>(false, true, m, (bk.row1 - bk.row0) * H, H, op, ld, L.w.W_hh + bk.row0 * H * H, H, T(0),
+              rec.data() + bk.row0 * H, G);
+      cell.forward(k, st);
+    }
+  }
+
+  scatter(S, L.d, hs, H, 1, y + L.d * H, y_ld, false);
+  final_state(S, hs, H, h_n);
+  if (cell.has_c) {
+    if (c_slots)
+      final_state(S, cs, H, c_n);
+    else
+      permute_out(S, cs, H, c_n);
+  }
+  if (keep) {
+    keep->hs = std::move(hbuf);
+    keep->cs = std::move(cbuf);
+    if (cell.keeps_cache) keep->cache = std::move(gbuf);
+  }
+}
+
+template <class T>
+void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T* in, const T* dy, int64_t dy_ld,
+                  const T* dh_n, const T* dc_n, T* dx, T* dh0, T* dc0, const LayerGrads<T>& gr) {
+  const Schedule& S = L.S;
+  const CellSpec<T>& cell = L.cell;
+  const int64_t H = L.H, G = L.G(), W = L.W(), R = S.O[S.T];
+  const T* hs = kept.hs.data();
+  const T* cs = kept.cs.data();
+  const T* g = kept.cache.data();
+
+  // upstream output gradient in slot layout
+  Buffer<T> dybuf;
+  const T* dyp = dy + L.d * H;
+  if (!(dy && S.natural && L.d == 0 && dy_ld == H)) {
+    dybuf = Buffer<T>(R * H);
+    if (dy)
+      gather(S, L.d, dy + L.d * H, dy_ld, H, dybuf.data());
+    else
+      zero(dybuf.data(), R * H);
+    dyp = dybuf.data();
+  }
+  Buffer<T> dGbuf(R * G), dRbuf(cell.separate_rec_grad ? R * G : 0);
+  T* dG = dGbuf.data();
+  T* dR = cell.separate_rec_grad ? dRbuf.data() : dG;
+  for (int64_t s = 0; s < S.T; ++s) {
+    const int64_t dead = S.slot_rows(s) - S.B[s];
+    zero(dG + (S.O[s] + S.B[s]) * G, dead * G);
+    if (dR != dG) zero(dR + (S.O[s] + S.B[s]) * G, dead * G);
+  }
+  Buffer<T> dH(S.N * H), dC(cell.has_c ? S.N * H : 0), dop(S.N * H);
+  permute_in(S, dh_n, H, dH.data());
+  if (cell.has_c) permute_in(S, dc_n, H, dC.data());
+
+  Step<T> st;
+  st.H = H;
+  st.ldg = W;
+  st.dh = dH.data();
+  st.dc = dC.data();
+  st.dop = dop.data();
+  for (int64_t s = S.T - 1; s >= 0; --s) {
+    const int64_t m = S.B[s];
+    st.m = m;
+    st.g = const_cast<T*>(g) + S.O[s] * W;  // read only in backward
+    st.h_prev = hs + S.O[s] * H;
+    st.h = const_cast<T*>(hs) + S.O[s + 1] * H;
+    if (cell.has_c) {
+      st.c_prev = cs + S.O[s] * H;
+      st.c = const_cast<T*>(cs) + S.O[s + 1] * H;
+    }
+    st.dy = dyp + S.O[s] * H;
+    st.dg = dG + S.O[s] * G;
+    st.drec = dR + S.O[s] * G;
+    for (int k = cell.num_blocks - 1; k >= 0; --k) {
+      const Block& bk = cell.blocks[k];
+      cell.backward(k, st);
+      const bool to_h = bk.op_col < 0;
+      gemm<T>(false, false, m, H, (bk.row1 - bk.row0) * H, st.drec + bk.row0 * H, G, L.w.W_hh + bk.row0 * H * H,
+              H, to_h ? T(1) : T(0), to_h ? dH.data() : dop.data(), H);
+    }
+  }
+  permute_out(S, dH.data(), H, dh0);
+  if (cell.has_c) permute_out(S, dC.data(), H, dc0);
+
+  // after the loop: one GEMM each for dx, dW_ih and every block of dW_hh
+  Buffer<T> xbuf;
+  const T* xp = L.slot_input(in, xbuf);
+  gemm<T>(true, false, G, L.D, R, dG, G, xp, L.D, T(0), gr.W_ih, L.D);
+  for (int k = 0; k < cell.num_blocks; ++k) {
+    const Block& bk = cell.blocks[k];
+    const T* op = bk.op_col < 0 ? hs : g + bk.op_col * H;
+    gemm<T>(true, false, (bk.row1 - bk.row0) * H, H, R, dR + bk.row0 * H, G, op, bk.op_col < 0 ? H : W, T(0),
+            gr.W_hh + bk.row0 * H * H, H);
+  }
+  column_sums(dG, R, G, G, gr.b);
+  if (cell.has_b_hn) column_sums(dR + 2 * H, R, H, G, gr.b_hn);
+  if (S.natural && L.d == 0) {
+    gemm<T>(false, false, R, L.D, G, dG, G, L.w.W_ih, L.D, T(1), dx, L.D);
+  } else {
+    Buffer<T> dxp(R * L.D);
+    gemm<T>(false, false, R, L.D, G, dG, G, L.w.W_ih, L.D, T(0), dxp.data(), L.D);
+    scatter(S, L.d, dxp.data(), L.D, 0, dx, L.D, true);
+  }
+}
+
+}  // namespace
+
+template <class T>
+std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params, const T* x, const T* h0,
+                                 const T* c0, const int64_t* lengths, const T* masks, bool train, T* y,
+                                 T* h_n, T* c_n) {
+  const CellSpec<T> cell = cell_spec<T>(p.cell);
+  auto tape = std::make_unique<Tape<T>>(p, lengths);
+  const Schedule& S = tape->sched;
+  const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
+  if (train) {
+    tape->inputs.resize(p.layers);
+    tape->dirs.resize(p.layers * p.dirs);
+    tape->inputs[0] = Buffer<T>(TN * p.D);
+    std::memcpy(tape->inputs[0].data(), x, size_t(TN * p.D) * sizeof(T));
+  }
+  Buffer<T> in_buf, out_buf;
+  const T* in = x;
+  for (int64_t l = 0; l < p.layers; ++l) {
+    const int64_t D = l == 0 ? p.D : out_w;
+    const bool last = l == p.layers - 1;
+    if (!last) out_buf = Buffer<T>(TN * out_w);
+    T* out = last ? y : out_buf.data();
+    if (!S.natural) zero(out, TN * out_w);  // padding stays zero
+    for (int d = 0; d < p.dirs; ++d) {
+      const int64_t k = l * p.dirs + d;
+      Layer<T> L{cell, S, params[k], D, p.H, d};
+      forward_dir(L, in, h0 + k * state, c0 ? c0 + k * state : nullptr, train, out, out_w, h_n + k * state,
+                  c_n ? c_n + k * state : nullptr, train ? &tape->dirs[k] : nullptr);
+    }
+    if (last) break;
+    if (masks) {
+      const T* mk = masks + l * TN * out_w;
+      T* o = out_buf.data();
+      for (int64_t i = 0; i < TN * out_w; ++i) o[i] *= mk[i];
+    }
+    in_buf = std::move(out_buf);
+    in = in_buf.data();
+    if (train) {
+      tape->inputs[l + 1] = std::move(in_buf);
+      in = tape->inputs[l + 1].data();
+    }
+  }
+  if (!train) tape.reset();
+  return tape;
+}
+
+template <class T>
+void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks, const T* dy, const T* dh_n,
+              const T* dc_n, T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads) {
+  const Problem& p = tape.p;
+  const CellSpec<T> cell = cell_spec<T>(p.cell);
+  const Schedule& S = tape.sched;
+  const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
+  Buffer<T> dy_buf, din_buf;
+  for (int64_t l = p.layers - 1; l >= 0; --l) {
+    const int64_t D = l == 0 ? p.D : out_w;
+    if (l > 0) din_buf = Buffer<T>(TN * D);
+    T* din = l == 0 ? dx : din_buf.data();
+    zero(din, TN * D);
+    for (int d = 0; d < p.dirs; ++d) {
+      const int64_t k = l * p.dirs + d;
+      Layer<T> L{cell, S, params[k], D, p.H, d};
+      backward_dir(L, tape.dirs[k], tape.inputs[l].data(), dy, out_w, dh_n ? dh_n + k * state : nullptr,
+                   dc_n ? dc_n + k * state : nullptr, din, dh0 + k * state, dc0 ? dc0 + k * state : nullptr,
+                   grads[k]);
+    }
+    if (l == 0) break;
+    if (masks) {
+      const T* mk = masks + (l - 1) * TN * out_w;
+      for (int64_t i = 0; i < TN * out_w; ++i) din[i] *= mk[i];
+    }
+    dy_buf = std::move(din_buf);
+    dy = dy_buf.data();
+  }
+}
+
+#define RNNCORE_INSTANTIATE(T)                                                                               \
+  template struct Tape<T>;                                                                                   \
+  template std::unique_ptr<Tape<T>> forward<T>(const Problem&, const LayerParams<T>*, const T*, const T*,    \
+                                               const T*, const int64_t*, const T*, bool, T*, T*, T*);        \
+  template void backward<T>(const Tape<T>&, const LayerParams<T>*, const T*, const T*, const T*, const T*, T*, \
+                            T*, T*, const LayerGrads<T>*);
+RNNCORE_INSTANTIATE(float)
+RNNCORE_INSTANTIATE(double)
+
+}  // namespace rnncore

@@ -1,0 +1,62 @@
+// What the driver hands a cell's pointwise kernels for one time step: rows [0, m) of the
+// batch rows still running at that step (the driver keeps them first). Every matrix is
+// row-major; the leading dimension is given where it is not the obvious one.
+#pragma once
+#include <cstdint>
+
+namespace rnncore {
+
+template <class T>
+struct Step {
+  int64_t m = 0;  // rows this step
+  int64_t H = 0;  // hidden size
+
+  // Forward.
+  T* g = nullptr;            // (m, ldg): in, the input projection in columns [0, G*H);
+  int64_t ldg = 0;           //   out, the cell's cache (activated gates, extras), in place
+  const T* rec = nullptr;    // (m, G*H): the recurrent GEMM's result, block by block
+  const T* b = nullptr;      // (G*H,)
+  const T* b_hn = nullptr;   // (H,), GRU reset_after only
+  const T* h_prev = nullptr; // (m, H)
+  T* h = nullptr;            // (m, H): out in forward, read in backward
+  const T* c_prev = nullptr; // (m, H), LSTM; may alias c in inference
+  T* c = nullptr;            // (m, H), LSTM
+
+  // Backward.
+  const T* dy = nullptr;     // (m, H): gradient of the output at this step
+  T* dh = nullptr;           // (m, H): in dh_t carried from the step after; out, the part of
+                             //   dh_{t-1} that does not go through W_hh (the driver adds that)
+  T* dc = nullptr;           // (m, H): in dc_t, out dc_{t-1} (LSTM)
+  T* dg = nullptr;           // (m, G*H): gradient of the gate pre-activations, input side
+  T* drec = nullptr;         // (m, G*H): same, recurrent side (== dg unless the cell separates them)
+  T* dop = nullptr;          // (m, H): gradient of an extra GEMM operand (GRU seed form: r * h_prev)
+};
+
+// One recurrent GEMM of a step: gate rows [row0, row1) * H of W_hh times an operand, which is
+// h_prev (op_col < 0) or the cache column block starting at op_col * H (made by an earlier phase).
+struct Block {
+  int row0, row1, op_col;
+};
+
+}  // namespace rnncore
+
+namespace rnncore {
+
+enum class CellKind : int { rnn_tanh = 0, rnn_relu = 1, lstm = 2, gru = 3, gru_after = 4 };
+
+// Everything the driver needs to know about a cell: its facts and its pointwise kernels.
+template <class T>
+struct CellSpec {
+  int gates = 1;            // G
+  int extra_cols = 0;       // cache columns beyond the G*H gates, in units of H
+  bool has_c = false;       // a second state (LSTM)
+  bool keeps_cache = false; // backward reads the cache (else only h, c)
+  bool separate_rec_grad = false;
+  bool has_b_hn = false;
+  int num_blocks = 1;
+  Block blocks[2] = {};
+  void (*forward)(int phase, const Step<T>&) = nullptr;   // phase k runs after block k's GEMM
+  void (*backward)(int phase, const Step<T>&) = nullptr;  // phase k runs before block k's GEMM
+};
+
+}  // namespace rnncore
