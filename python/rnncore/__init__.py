@@ -1,1 +1,36 @@
-from . import _core
+"""rnncore: simple RNN, LSTM and GRU for NumPy on a C++ core with BLAS, forward and backward.
+
+    import numpy as np, rnncore
+    lstm = rnncore.LSTM(16, 64, num_layers=2, bidirectional=True, dtype=np.float32, seed=0)
+    y, (h_n, c_n) = lstm(x)                                  # inference
+    y, state, tape = lstm.forward(x, train=True)             # training
+    grads = lstm.backward(tape, dy)                          # dict: "x", "h0", "c0", parameters
+
+``rnncore.reference`` has the same classes computed by a plain NumPy oracle.
+"""
+
+from . import _core, reference
+from ._convert import from_torch_state_dict, to_torch_state_dict
+from .models import GRU, LSTM, RNN, Tape
+
+__version__ = "0.1.0"
+__all__ = ["RNN", "LSTM", "GRU", "Tape", "reference", "set_num_threads", "get_num_threads", "blas_info",
+           "from_torch_state_dict", "to_torch_state_dict"]
+
+
+def set_num_threads(n):
+    """Threads of rnncore's BLAS (OpenBLAS). Safe to call at any time."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive int, got {n!r}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads():
+    """Threads of rnncore's BLAS."""
+    return _core.get_num_threads()
+
+
+def blas_info():
+    """What computes: the OpenBLAS kernel (core name), its build config, threads and our kernels' ISA."""
+    return {"corename": _core.blas_corename(), "config": _core.blas_config(), "threads": _core.get_num_threads(),
+            "kernels": _core.kernel_isa()}

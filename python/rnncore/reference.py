@@ -437,3 +437,40 @@ def backward(tape, dy=None, dh_n=None, dc_n=None):
         else:
             dx = dx_layer
     return dx, dh0, dc0, dweights
+
+
+# ----------------------------------------------------------------------------------------
+# the same model classes as rnncore's, computing with the functions above
+# ----------------------------------------------------------------------------------------
+
+from . import models as _models  # noqa: E402  (models does not import this module)
+
+
+class _ReferenceEngine:
+    forward = staticmethod(forward)
+
+    @staticmethod
+    def backward(tape, weights, masks, dy, dh_n, dc_n):
+        # the reference tape holds its own copies of the weights and masks
+        return backward(tape, dy, dh_n, dc_n)
+
+
+class RNN(_models.RNN):
+    """rnncore.RNN computed by the NumPy reference; float64 by default."""
+
+    _engine = _ReferenceEngine
+    _default_dtype = np.float64
+
+
+class LSTM(_models.LSTM):
+    """rnncore.LSTM computed by the NumPy reference; float64 by default."""
+
+    _engine = _ReferenceEngine
+    _default_dtype = np.float64
+
+
+class GRU(_models.GRU):
+    """rnncore.GRU computed by the NumPy reference; float64 by default."""
+
+    _engine = _ReferenceEngine
+    _default_dtype = np.float64

@@ -1,0 +1,362 @@
+"""The recurrent models users call: RNN, LSTM and GRU over the C++ core.
+
+Shapes (time-major; with ``batch_first=True`` the first two axes of x and y swap):
+    x      (T, N, input_size)
+    y      (T, N, dirs * hidden_size)       dirs = 2 if bidirectional else 1
+    h0/h_n (num_layers * dirs, N, hidden_size), layer-major, direction-minor; c0/c_n likewise
+    lengths (N,) integers in [1, T]: steps at or past a row's length are padding
+
+Parameters per layer k and direction ("" or "_reverse"), G gates (1 RNN, 4 LSTM, 3 GRU):
+    W_ih_l{k}  (G*H, D_k)    W_hh_l{k}  (G*H, H)    b_l{k}  (G*H,)    b_hn_l{k}  (H,) GRU reset_after
+with D_0 = input_size and D_k = dirs * H above. Gate order: LSTM i, f, g, o; GRU r, z, n.
+"""
+
+import numbers
+
+import numpy as np
+
+from . import _core
+
+_CELL_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3, "gru_after": 4}
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class _CoreEngine:
+    """The C++ driver (GIL released inside)."""
+
+    @staticmethod
+    def forward(cell, num_layers, bidirectional, weights, x, h0, c0, lengths, masks, train):
+        return _core.forward(_CELL_CODES[cell], num_layers, 2 if bidirectional else 1, weights, x, h0, c0,
+                             lengths, masks, train)
+
+    @staticmethod
+    def backward(tape, weights, masks, dy, dh_n, dc_n):
+        return _core.backward(tape, weights, masks, dy, dh_n, dc_n)
+
+
+def _describe(a):
+    if isinstance(a, np.ndarray):
+        return f"array of shape {a.shape} and dtype {a.dtype}"
+    return f"{type(a).__name__}"
+
+
+class Tape:
+    """What ``forward(..., train=True)`` keeps for ``backward``. Opaque; ``nbytes`` is its size."""
+
+    __slots__ = ("model", "engine_tape", "weights", "masks", "T", "N", "has_lengths")
+
+    def __init__(self, model, engine_tape, weights, masks, T, N, has_lengths):
+        self.model = model
+        self.engine_tape = engine_tape
+        self.weights = weights
+        self.masks = masks
+        self.T, self.N, self.has_lengths = T, N, has_lengths
+
+    @property
+    def nbytes(self):
+        own = getattr(self.engine_tape, "nbytes", None)
+        return own if own is not None else 0
+
+
+class _Recurrent:
+    """Shared by RNN, LSTM and GRU: configuration, parameters, argument checking, calls.
+
+    A subclass sets ``cell``, the engines' name of its cell ("rnn_tanh", "lstm", "gru_after", ...).
+    """
+
+    _engine = _CoreEngine
+    _gates = 1
+    _has_c = False
+    _default_dtype = np.float32
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
+                 dropout=0.0, dtype=None, seed=None):
+        self.input_size = _positive_int(input_size, "input_size")
+        self.hidden_size = _positive_int(hidden_size, "hidden_size")
+        self.num_layers = _positive_int(num_layers, "num_layers")
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise TypeError(f"bidirectional: expected a bool, got {_describe(bidirectional)}")
+        if not isinstance(batch_first, (bool, np.bool_)):
+            raise TypeError(f"batch_first: expected a bool, got {_describe(batch_first)}")
+        self.bidirectional = bool(bidirectional)
+        self.batch_first = bool(batch_first)
+        if not isinstance(dropout, numbers.Real) or not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        try:
+            dt = np.dtype(self._default_dtype if dtype is None else dtype)
+        except TypeError:
+            raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+        if dt not in _DTYPES:
+            raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+        self.dtype = dt
+        self.seed = seed
+        rng = np.random.default_rng(seed)
+        self._dropout_rng = np.random.default_rng(rng.integers(2**63))
+        k = 1.0 / np.sqrt(self.hidden_size)
+        self._params = {}
+        for name, shape in self._param_shapes():
+            self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
+
+    # ---- configuration -------------------------------------------------------------------
+
+    @property
+    def dirs(self):
+        return 2 if self.bidirectional else 1
+
+    def _param_shapes(self):
+        H, G = self.hidden_size, self._gates * self.hidden_size
+        for layer in range(self.num_layers):
+            D = self.input_size if layer == 0 else self.dirs * H
+            for d in range(self.dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                yield "W_ih" + sfx, (G, D)
+                yield "W_hh" + sfx, (G, H)
+                yield "b" + sfx, (G,)
+                if self.cell == "gru_after":
+                    yield "b_hn" + sfx, (H,)
+
+    def _extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, batch_first={self.batch_first}, dropout={self.dropout}, "
+                f"dtype={self.dtype.name}{self._extra_repr()})")
+
+    # ---- parameters ----------------------------------------------------------------------
+
+    def parameters(self):
+        """The live parameters, name -> ndarray; editing an array in place changes the model."""
+        return self._params
+
+    def num_parameters(self):
+        return sum(int(np.prod(s)) for _, s in self._param_shapes())
+
+    def state_dict(self):
+        """A copy of every parameter, name -> ndarray."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Copy parameters in (cast to this model's dtype). Checks everything before changing anything."""
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict: expected a mapping of name -> array, got {_describe(state_dict)}")
+        expected = dict(self._param_shapes())
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"state_dict: names do not match this {type(self).__name__}: "
+                             f"missing {missing}, unexpected {unexpected}")
+        staged = {}
+        for name, shape in expected.items():
+            a = np.asarray(state_dict[name])
+            if a.dtype.kind != "f":
+                raise TypeError(f"state_dict[{name!r}]: expected floating point values, got dtype {a.dtype}")
+            if a.shape != shape:
+                raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {a.shape}")
+            staged[name] = a
+        for name, a in staged.items():
+            np.copyto(self._params[name], a, casting="unsafe")
+
+    def _weights(self):
+        """Per layer and direction (W_ih, W_hh, b, b_hn or None), checked and C-contiguous."""
+        out = []
+        shapes = dict(self._param_shapes())
+        names = list(shapes)
+        per = 4 if self.cell == "gru_after" else 3
+        for i in range(0, len(names), per):
+            group = []
+            for name in names[i:i + per]:
+                a = self._params.get(name)
+                if not isinstance(a, np.ndarray):
+                    raise TypeError(f"parameter {name!r}: expected an ndarray, got {_describe(a)}")
+                if a.dtype != self.dtype:
+                    raise TypeError(f"parameter {name!r}: expected dtype {self.dtype}, got {a.dtype}")
+                if a.shape != shapes[name]:
+                    raise ValueError(f"parameter {name!r}: expected shape {shapes[name]}, got {a.shape}")
+                group.append(np.ascontiguousarray(a))
+            out.append(tuple(group) + (None,) * (4 - per))
+        return out
+
+    # ---- calls ---------------------------------------------------------------------------
+
+    def __call__(self, x, state=None, lengths=None):
+        """Inference: returns (y, h_n), or (y, (h_n, c_n)) for LSTM."""
+        y, state, _ = self.forward(x, state, lengths=lengths, train=False)
+        return y, state
+
+    def forward(self, x, state=None, lengths=None, train=False):
+        """Returns (y, state, tape); tape is None unless ``train`` (then dropout applies too)."""
+        x = self._check_array(x, "x", 3)
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        T, N, D = x.shape
+        if T < 1:
+            raise ValueError(f"x: expected at least one time step, got shape {self._user_shape(x.shape)}")
+        if D != self.input_size:
+            raise ValueError(f"x: expected last dimension input_size={self.input_size}, got shape "
+                             f"{self._user_shape(x.shape)}")
+        x = np.ascontiguousarray(x)
+        h0, c0 = self._check_state(state, N)
+        lengths = self._check_lengths(lengths, T, N)
+        weights = self._weights()
+        masks = None
+        if train and self.dropout > 0 and self.num_layers > 1:
+            keep = 1.0 - self.dropout
+            shape = (self.num_layers - 1, T, N, self.dirs * self.hidden_size)
+            masks = ((self._dropout_rng.random(shape) < keep) / keep).astype(self.dtype)
+        y, h_n, c_n, etape = self._engine.forward(self.cell, self.num_layers, self.bidirectional, weights, x,
+                                                  h0, c0, lengths, masks, bool(train))
+        if self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        tape = Tape(self, etape, weights, masks, T, N, lengths is not None) if train else None
+        return y, ((h_n, c_n) if self._has_c else h_n), tape
+
+    def backward(self, tape, dy=None, dh_n=None, dc_n=None):
+        """Gradients of a training forward: dict with "x", "h0", ("c0",) and every parameter name.
+
+        dy has y's shape, dh_n (and dc_n) the final state's; any may be None (zero).
+        """
+        if not isinstance(tape, Tape):
+            raise TypeError(f"tape: expected the tape returned by forward(..., train=True), got {_describe(tape)}")
+        if tape.model is not self:
+            raise ValueError("tape: it was made by another model")
+        T, N, H = tape.T, tape.N, self.hidden_size
+        if dy is not None:
+            dy = self._check_array(dy, "dy", 3)
+            if self.batch_first:
+                dy = dy.transpose(1, 0, 2)
+            want = (T, N, self.dirs * H)
+            if dy.shape != want:
+                raise ValueError(f"dy: expected shape {self._user_shape(want)} (like y), got "
+                                 f"{self._user_shape(dy.shape)}")
+            dy = np.ascontiguousarray(dy)
+        state = (self.num_layers * self.dirs, N, H)
+        dh_n = self._check_optional_state(dh_n, "dh_n", state)
+        if self._has_c:
+            dc_n = self._check_optional_state(dc_n, "dc_n", state)
+        elif dc_n is not None:
+            raise ValueError(f"dc_n: {type(self).__name__} has no cell state; pass None")
+        dx, dh0, dc0, dw = self._engine.backward(tape.engine_tape, tape.weights, tape.masks, dy, dh_n, dc_n)
+        grads = {"x": np.ascontiguousarray(dx.transpose(1, 0, 2)) if self.batch_first else dx, "h0": dh0}
+        if self._has_c:
+            grads["c0"] = dc0
+        names = [n for n, _ in self._param_shapes()]
+        flat = [a for group in dw for a in group if a is not None]
+        grads.update(zip(names, flat))
+        return grads
+
+    # ---- argument checking ---------------------------------------------------------------
+
+    def _user_shape(self, time_major_shape):
+        """A time-major shape as the user sees it."""
+        s = tuple(time_major_shape)
+        return (s[1], s[0]) + s[2:] if self.batch_first and len(s) >= 2 else s
+
+    def _check_array(self, a, name, ndim):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got {_describe(a)}")
+        if a.dtype != self.dtype:
+            raise TypeError(f"{name}: expected dtype {self.dtype} (the model's dtype), got {a.dtype}")
+        if a.ndim != ndim:
+            layout = "(N, T, input_size)" if self.batch_first else "(T, N, input_size)"
+            what = f"{ndim} dimensions" + (f" {layout}" if name == "x" else "")
+            raise ValueError(f"{name}: expected {what}, got shape {a.shape}")
+        return a
+
+    def _check_optional_state(self, a, name, shape):
+        if a is None:
+            return None
+        a = self._check_array(a, name, 3)
+        if a.shape != shape:
+            raise ValueError(f"{name}: expected shape {shape} (num_layers * dirs, N, hidden_size), got {a.shape}")
+        return np.ascontiguousarray(a)
+
+    def _check_state(self, state, N):
+        shape = (self.num_layers * self.dirs, N, self.hidden_size)
+        if self._has_c:
+            if state is None:
+                state = (None, None)
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"state: expected a tuple (h0, c0) for LSTM, got {_describe(state)}")
+            h0 = self._check_optional_state(state[0], "h0", shape)
+            c0 = self._check_optional_state(state[1], "c0", shape)
+            zeros = np.zeros(shape, self.dtype)
+            return (zeros if h0 is None else h0), (zeros if c0 is None else c0)
+        if isinstance(state, (tuple, list)):
+            raise TypeError(f"state: expected the array h0 for {type(self).__name__}, got a {type(state).__name__}")
+        h0 = self._check_optional_state(state, "h0", shape)
+        return (np.zeros(shape, self.dtype) if h0 is None else h0), None
+
+    @staticmethod
+    def _check_lengths(lengths, T, N):
+        if lengths is None:
+            return None
+        arr = np.asarray(lengths)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+        if arr.shape != (N,):
+            raise ValueError(f"lengths: expected shape ({N},) (one per batch row), got {arr.shape}")
+        if N and (arr.min() < 1 or arr.max() > T):
+            raise ValueError(f"lengths: expected values in [1, T={T}], got min {arr.min()} and max {arr.max()}")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _positive_int(v, name):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive int, got {_describe(v)}")
+    if v < 1:
+        raise ValueError(f"{name}: expected a positive int, got {v}")
+    return int(v)
+
+
+class RNN(_Recurrent):
+    """Simple RNN, h_t = f(x_t W_ih^T + h_{t-1} W_hh^T + b), f = tanh or relu (``nonlinearity``)."""
+
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bidirectional=False,
+                 batch_first=False, dropout=0.0, dtype=None, seed=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
+
+    @property
+    def cell(self):
+        return "rnn_" + self.nonlinearity
+
+    def _extra_repr(self):
+        return f", nonlinearity={self.nonlinearity!r}"
+
+
+class LSTM(_Recurrent):
+    """LSTM, gates i, f, g, o: c_t = f * c_{t-1} + i * g, h_t = o * tanh(c_t). State is (h, c)."""
+
+    _gates = 4
+    _has_c = True
+    cell = "lstm"
+
+
+class GRU(_Recurrent):
+    """GRU, gates r, z, n; h_t = (1 - z) * h_{t-1} + z * n.
+
+    reset_after=False (default, the notes' form): n = tanh(x W_in^T + (r * h) W_hn^T + b_n).
+    reset_after=True (cuDNN/PyTorch form): n = tanh(x W_in^T + b_n + r * (h W_hn^T + b_hn)).
+    """
+
+    _gates = 3
+
+    def __init__(self, input_size, hidden_size, num_layers=1, reset_after=False, bidirectional=False,
+                 batch_first=False, dropout=0.0, dtype=None, seed=None):
+        if not isinstance(reset_after, (bool, np.bool_)):
+            raise TypeError(f"reset_after: expected a bool, got {_describe(reset_after)}")
+        self.reset_after = bool(reset_after)
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
+
+    @property
+    def cell(self):
+        return "gru_after" if self.reset_after else "gru"
+
+    def _extra_repr(self):
+        return f", reset_after={self.reset_after}"
