@@ -9,10 +9,15 @@
 
 #include "isa.h"
 
+#define RNNCORE_INLINE inline __attribute__((always_inline))
+// Before a pointwise loop over j: no iteration depends on another. Rows may be updated in
+// place (c_prev == c, the cache over the projection), but only at the same index.
+#define RNNCORE_IVDEP _Pragma("GCC ivdep")
+
 namespace rnncore {
 namespace RNNCORE_NS {
 
-inline float exp_f(float x) {
+RNNCORE_INLINE float exp_f(float x) {
   // keep 2^n a normal number: n in [-125, 126]
   x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);  // NaN passes through both tests
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
@@ -25,15 +30,13 @@ inline float exp_f(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
+  const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);  // 2^n
   return p * scale;
 }
 
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+RNNCORE_INLINE float sigmoid(float x) { return 1.0f / (1.0f + exp_f(-x)); }
 
-inline float tanh_act(float x) {
+RNNCORE_INLINE float tanh_act(float x) {
   const float ax = std::fabs(x);
   const float e = exp_f(2.0f * ax);
   const float far = 1.0f - 2.0f / (e + 1.0f);
@@ -47,8 +50,8 @@ inline float tanh_act(float x) {
   return std::copysign(ax < 0.4f ? near : far, x);
 }
 
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double tanh_act(double x) { return std::tanh(x); }
+RNNCORE_INLINE double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+RNNCORE_INLINE double tanh_act(double x) { return std::tanh(x); }
 
 }  // namespace RNNCORE_NS
 }  // namespace rnncore

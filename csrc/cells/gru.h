@@ -34,6 +34,7 @@ struct GRUCell {
       const T* __restrict hp = s.h_prev + i * H;
       T* __restrict h = s.h + i * H;
       if (ResetAfter) {
+        RNNCORE_IVDEP
         for (int64_t j = 0; j < H; ++j) {
           const T rg = sigmoid(g[j] + r[j] + b[j]);
           const T zg = sigmoid(g[H + j] + r[H + j] + b[H + j]);
@@ -46,6 +47,7 @@ struct GRUCell {
           g[3 * H + j] = hn;
         }
       } else if (phase == 0) {
+        RNNCORE_IVDEP
         for (int64_t j = 0; j < H; ++j) {
           const T rg = sigmoid(g[j] + r[j] + b[j]);
           g[j] = rg;
@@ -53,6 +55,7 @@ struct GRUCell {
           g[3 * H + j] = rg * hp[j];
         }
       } else {
+        RNNCORE_IVDEP
         for (int64_t j = 0; j < H; ++j) {
           const T ng = tanh_act(g[2 * H + j] + r[2 * H + j] + b[2 * H + j]);
           const T zg = g[H + j];
@@ -76,6 +79,7 @@ struct GRUCell {
       T* __restrict dg = s.dg + i * G;
       if (ResetAfter) {
         T* __restrict dr = s.drec + i * G;
+        RNNCORE_IVDEP
         for (int64_t j = 0; j < H; ++j) {
           const T rg = g[j], zg = g[H + j], ng = g[2 * H + j], hn = g[3 * H + j];
           const T dht = dh[j] + dy[j];
@@ -91,6 +95,7 @@ struct GRUCell {
           dh[j] = dht * (T(1) - zg);
         }
       } else if (phase == 1) {
+        RNNCORE_IVDEP
         for (int64_t j = 0; j < H; ++j) {
           const T zg = g[H + j], ng = g[2 * H + j];
           const T dht = dh[j] + dy[j];
@@ -100,6 +105,7 @@ struct GRUCell {
         }
       } else {
         const T* __restrict dop = s.dop + i * H;
+        RNNCORE_IVDEP
         for (int64_t j = 0; j < H; ++j) {
           const T rg = g[j], zg = g[H + j];
           dg[j] = dop[j] * hp[j] * rg * (T(1) - rg);

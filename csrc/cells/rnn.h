@@ -34,6 +34,7 @@ struct SimpleRNNCell {
       const T* __restrict a = s.g + i * s.ldg;
       const T* __restrict r = s.rec + i * H;
       T* __restrict h = s.h + i * H;
+      RNNCORE_IVDEP
       for (int64_t j = 0; j < H; ++j) h[j] = Act::f(a[j] + r[j] + s.b[j]);
     }
   }
@@ -46,6 +47,7 @@ struct SimpleRNNCell {
       const T* __restrict dy = s.dy + i * H;
       T* __restrict dh = s.dh + i * H;
       T* __restrict dg = s.dg + i * H;
+      RNNCORE_IVDEP
       for (int64_t j = 0; j < H; ++j) {
         dg[j] = (dh[j] + dy[j]) * Act::df_from_out(h[j]);
         dh[j] = T(0);
