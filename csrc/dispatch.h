@@ -8,9 +8,9 @@ namespace rnncore {
 
 #define RNNCORE_DECLARE_ISA(ns)                       \
   namespace ns {                                      \
-  template <class T> CellSpec<T> cell_spec(CellKind); \
-  extern template CellSpec<float> cell_spec<float>(CellKind);   \
-  extern template CellSpec<double> cell_spec<double>(CellKind); \
+  template <class T> Kernels<T> kernels(CellKind);     \
+  extern template Kernels<float> kernels<float>(CellKind);     \
+  extern template Kernels<double> kernels<double>(CellKind);   \
   }
 RNNCORE_DECLARE_ISA(isa_baseline)
 #ifdef RNNCORE_HAVE_AVX2
@@ -36,16 +36,16 @@ inline const char* kernel_isa() {
 }
 
 template <class T>
-CellSpec<T> cell_spec(CellKind kind) {
+Kernels<T> kernels(CellKind kind) {
   static const char* isa = kernel_isa();
 #ifdef RNNCORE_HAVE_AVX512
-  if (std::strcmp(isa, "avx512") == 0) return isa_avx512::cell_spec<T>(kind);
+  if (std::strcmp(isa, "avx512") == 0) return isa_avx512::kernels<T>(kind);
 #endif
 #ifdef RNNCORE_HAVE_AVX2
-  if (std::strcmp(isa, "avx2") == 0) return isa_avx2::cell_spec<T>(kind);
+  if (std::strcmp(isa, "avx2") == 0) return isa_avx2::kernels<T>(kind);
 #endif
   (void)isa;
-  return isa_baseline::cell_spec<T>(kind);
+  return isa_baseline::kernels<T>(kind);
 }
 
 }  // namespace rnncore

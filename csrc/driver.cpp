@@ -102,12 +102,23 @@ void column_sums(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
 template <class T>
 struct Layer {  // one layer and direction, as the time loops see it
   const CellSpec<T>& cell;
+  const StepGemm<T>& step;
   const Schedule& S;
   const LayerParams<T>& w;
   int64_t D, H;
   int d;
   int64_t G() const { return cell.gates * H; }
   int64_t W() const { return (cell.gates + cell.extra_cols) * H; }
+  // W_hh's rows of block k, packed for the time loop: transposed (forward: gates = op * W^T)
+  // or not (backward: d_op = d_gates * W)
+  Buffer<T> packed_block(int k, bool transposed) const {
+    const Block& bk = cell.blocks[k];
+    const int64_t rows = (bk.row1 - bk.row0) * H;
+    const int64_t K = transposed ? H : rows, Nc = transposed ? rows : H;
+    Buffer<T> p(step.packed_size(K, Nc));
+    step.pack(w.W_hh + bk.row0 * H * H, H, transposed, K, Nc, p.data());
+    return p;
+  }
   // the layer input in slot layout: the natural rows themselves when the map is the identity
   const T* slot_input(const T* in, Buffer<T>& buf) const {
     if (S.natural && d == 0) return in;
@@ -140,6 +151,8 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
   for (int64_t s = 0; s < S.T; ++s) zero(g + (S.O[s] + S.B[s]) * W, (S.slot_rows(s) - S.B[s]) * W);
   permute_in(S, h0, H, hs);
   if (cell.has_c) permute_in(S, c0, H, cs);
+  Buffer<T> packed[2];
+  for (int k = 0; k < cell.num_blocks; ++k) packed[k] = L.packed_block(k, true);
 
   Step<T> st;
   st.H = H;
@@ -161,8 +174,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
       const Block& bk = cell.blocks[k];
       const T* op = bk.op_col < 0 ? st.h_prev : st.g + bk.op_col * H;
       const int64_t ld = bk.op_col < 0 ? H : W;
-      gemm<T>(false, true, m, (bk.row1 - bk.row0) * H, H, op, ld, L.w.W_hh + bk.row0 * H * H, H, T(0),
-              rec.data() + bk.row0 * H, G);
+      L.step.gemm(m, H, (bk.row1 - bk.row0) * H, op, ld, packed[k].data(), false, rec.data() + bk.row0 * H, G);
       cell.forward(k, st);
     }
   }
@@ -214,6 +226,8 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
   Buffer<T> dH(S.N * H), dC(cell.has_c ? S.N * H : 0), dop(S.N * H);
   permute_in(S, dh_n, H, dH.data());
   if (cell.has_c) permute_in(S, dc_n, H, dC.data());
+  Buffer<T> packed[2];
+  for (int k = 0; k < cell.num_blocks; ++k) packed[k] = L.packed_block(k, false);
 
   Step<T> st;
   st.H = H;
@@ -237,9 +251,9 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
     for (int k = cell.num_blocks - 1; k >= 0; --k) {
       const Block& bk = cell.blocks[k];
       cell.backward(k, st);
-      const bool to_h = bk.op_col < 0;
-      gemm<T>(false, false, m, H, (bk.row1 - bk.row0) * H, st.drec + bk.row0 * H, G, L.w.W_hh + bk.row0 * H * H,
-              H, to_h ? T(1) : T(0), to_h ? dH.data() : dop.data(), H);
+      const bool to_h = bk.op_col < 0;  // d h_prev accumulates; the extra operand's gradient is fresh
+      L.step.gemm(m, (bk.row1 - bk.row0) * H, H, st.drec + bk.row0 * H, G, packed[k].data(), to_h,
+                  to_h ? dH.data() : dop.data(), H);
     }
   }
   permute_out(S, dH.data(), H, dh0);
@@ -272,7 +286,7 @@ template <class T>
 std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params, const T* x, const T* h0,
                                  const T* c0, const int64_t* lengths, const T* masks, bool train, T* y,
                                  T* h_n, T* c_n) {
-  const CellSpec<T> cell = cell_spec<T>(p.cell);
+  const Kernels<T> kern = kernels<T>(p.cell);
   auto tape = std::make_unique<Tape<T>>(p, lengths);
   const Schedule& S = tape->sched;
   const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
@@ -292,7 +306,7 @@ std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params,
     if (!S.natural) zero(out, TN * out_w);  // padding stays zero
     for (int d = 0; d < p.dirs; ++d) {
       const int64_t k = l * p.dirs + d;
-      Layer<T> L{cell, S, params[k], D, p.H, d};
+      Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d};
       forward_dir(L, in, h0 + k * state, c0 ? c0 + k * state : nullptr, train, out, out_w, h_n + k * state,
                   c_n ? c_n + k * state : nullptr, train ? &tape->dirs[k] : nullptr);
     }
@@ -317,7 +331,7 @@ template <class T>
 void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks, const T* dy, const T* dh_n,
               const T* dc_n, T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads) {
   const Problem& p = tape.p;
-  const CellSpec<T> cell = cell_spec<T>(p.cell);
+  const Kernels<T> kern = kernels<T>(p.cell);
   const Schedule& S = tape.sched;
   const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
   Buffer<T> dy_buf, din_buf;
@@ -328,7 +342,7 @@ void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks,
     zero(din, TN * D);
     for (int d = 0; d < p.dirs; ++d) {
       const int64_t k = l * p.dirs + d;
-      Layer<T> L{cell, S, params[k], D, p.H, d};
+      Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d};
       backward_dir(L, tape.dirs[k], tape.inputs[l].data(), dy, out_w, dh_n ? dh_n + k * state : nullptr,
                    dc_n ? dc_n + k * state : nullptr, din, dh0 + k * state, dc0 ? dc0 + k * state : nullptr,
                    grads[k]);

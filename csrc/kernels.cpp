@@ -2,6 +2,7 @@
 #include "cells/gru.h"
 #include "cells/lstm.h"
 #include "cells/rnn.h"
+#include "smallgemm.h"
 
 namespace rnncore {
 namespace RNNCORE_NS {
@@ -34,8 +35,18 @@ CellSpec<T> cell_spec(CellKind kind) {
   return {};
 }
 
-template CellSpec<float> cell_spec<float>(CellKind);
-template CellSpec<double> cell_spec<double>(CellKind);
+template <class T>
+Kernels<T> kernels(CellKind kind) {
+  Kernels<T> k;
+  k.cell = cell_spec<T>(kind);
+  k.step.packed_size = &SmallGemm<T>::packed_size;
+  k.step.pack = &SmallGemm<T>::pack;
+  k.step.gemm = &SmallGemm<T>::gemm;
+  return k;
+}
+
+template Kernels<float> kernels<float>(CellKind);
+template Kernels<double> kernels<double>(CellKind);
 
 }  // namespace RNNCORE_NS
 }  // namespace rnncore

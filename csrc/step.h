@@ -59,4 +59,21 @@ struct CellSpec {
   void (*backward)(int phase, const Step<T>&) = nullptr;  // phase k runs before block k's GEMM
 };
 
+// The time loop's GEMM (smallgemm.h): B (K x Nc) packed once, then C (+)= A (M x K) * B.
+template <class T>
+struct StepGemm {
+  int64_t (*packed_size)(int64_t K, int64_t Nc) = nullptr;
+  // B[k][n] = trans ? src[n * ld + k] : src[k * ld + n]
+  void (*pack)(const T* src, int64_t ld, bool trans, int64_t K, int64_t Nc, T* Bp) = nullptr;
+  void (*gemm)(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* Bp, bool add, T* C,
+               int64_t ldc) = nullptr;
+};
+
+// What one instruction-set build provides for a cell.
+template <class T>
+struct Kernels {
+  CellSpec<T> cell;
+  StepGemm<T> step;
+};
+
 }  // namespace rnncore
