@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <thread>
 
 #include "blas.h"
 #include "dispatch.h"
@@ -99,6 +100,30 @@ void column_sums(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
     for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
 }
 
+// Runs loop(i0, i1) over contiguous groups of sorted rows, one thread each (the caller runs
+// the first). Groups carry about equal numbers of valid steps; small batches stay on one thread.
+template <class F>
+void run_row_groups(const Schedule& S, int threads, const F& loop) {
+  constexpr int64_t kMinRows = 8;  // below this a group's GEMM loses more than a thread gains
+  const int parts = int(std::max<int64_t>(1, std::min<int64_t>(threads, S.N / kMinRows)));
+  if (parts == 1) {
+    loop(int64_t(0), S.N);
+    return;
+  }
+  const int64_t total = std::accumulate(S.len.begin(), S.len.end(), int64_t(0));
+  std::vector<int64_t> cut(parts + 1, S.N);
+  cut[0] = 0;
+  int64_t acc = 0, p = 1;
+  for (int64_t i = 0; i < S.N && p < parts; ++i) {
+    acc += S.len[i];
+    if (acc * parts >= total * p) cut[p++] = i + 1;
+  }
+  std::vector<std::thread> team;
+  for (int q = 1; q < parts; ++q) team.emplace_back([&, q] { loop(cut[q], cut[q + 1]); });
+  loop(cut[0], cut[1]);
+  for (auto& t : team) t.join();
+}
+
 template <class T>
 struct Layer {  // one layer and direction, as the time loops see it
   const CellSpec<T>& cell;
@@ -107,6 +132,7 @@ struct Layer {  // one layer and direction, as the time loops see it
   const LayerParams<T>& w;
   int64_t D, H;
   int d;
+  int threads;  // for the time loop's row groups
   int64_t G() const { return cell.gates * H; }
   int64_t W() const { return (cell.gates + cell.extra_cols) * H; }
   // W_hh's rows of block k, packed for the time loop: transposed (forward: gates = op * W^T)
@@ -154,30 +180,36 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
   Buffer<T> packed[2];
   for (int k = 0; k < cell.num_blocks; ++k) packed[k] = L.packed_block(k, true);
 
-  Step<T> st;
-  st.H = H;
-  st.ldg = W;
-  st.rec = rec.data();
-  st.b = L.w.b;
-  st.b_hn = L.w.b_hn;
-  for (int64_t s = 0; s < S.T; ++s) {
-    const int64_t m = S.B[s];
-    st.m = m;
-    st.g = g + S.O[s] * W;
-    st.h_prev = hs + S.O[s] * H;
-    st.h = hs + S.O[s + 1] * H;
-    if (cell.has_c) {
-      st.c_prev = c_slots ? cs + S.O[s] * H : cs;
-      st.c = c_slots ? cs + S.O[s + 1] * H : cs;
+  // rows [i0, i1) of the batch, all steps; row groups are independent, so they run in parallel
+  auto time_loop = [&](int64_t i0, int64_t i1) {
+    T* rec_rows = rec.data() + i0 * G;
+    Step<T> st;
+    st.H = H;
+    st.ldg = W;
+    st.rec = rec_rows;
+    st.b = L.w.b;
+    st.b_hn = L.w.b_hn;
+    for (int64_t s = 0; s < S.T; ++s) {
+      const int64_t m = std::min(S.B[s], i1) - i0;
+      if (m <= 0) break;
+      st.m = m;
+      st.g = g + (S.O[s] + i0) * W;
+      st.h_prev = hs + (S.O[s] + i0) * H;
+      st.h = hs + (S.O[s + 1] + i0) * H;
+      if (cell.has_c) {
+        st.c_prev = cs + ((c_slots ? S.O[s] : 0) + i0) * H;
+        st.c = cs + ((c_slots ? S.O[s + 1] : 0) + i0) * H;
+      }
+      for (int k = 0; k < cell.num_blocks; ++k) {
+        const Block& bk = cell.blocks[k];
+        const T* op = bk.op_col < 0 ? st.h_prev : st.g + bk.op_col * H;
+        const int64_t ld = bk.op_col < 0 ? H : W;
+        L.step.gemm(m, H, (bk.row1 - bk.row0) * H, op, ld, packed[k].data(), false, rec_rows + bk.row0 * H, G);
+        cell.forward(k, st);
+      }
     }
-    for (int k = 0; k < cell.num_blocks; ++k) {
-      const Block& bk = cell.blocks[k];
-      const T* op = bk.op_col < 0 ? st.h_prev : st.g + bk.op_col * H;
-      const int64_t ld = bk.op_col < 0 ? H : W;
-      L.step.gemm(m, H, (bk.row1 - bk.row0) * H, op, ld, packed[k].data(), false, rec.data() + bk.row0 * H, G);
-      cell.forward(k, st);
-    }
-  }
+  };
+  run_row_groups(S, L.threads, time_loop);
 
   scatter(S, L.d, hs, H, 1, y + L.d * H, y_ld, false);
   final_state(S, hs, H, h_n);
@@ -229,33 +261,37 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
   Buffer<T> packed[2];
   for (int k = 0; k < cell.num_blocks; ++k) packed[k] = L.packed_block(k, false);
 
-  Step<T> st;
-  st.H = H;
-  st.ldg = W;
-  st.dh = dH.data();
-  st.dc = dC.data();
-  st.dop = dop.data();
-  for (int64_t s = S.T - 1; s >= 0; --s) {
-    const int64_t m = S.B[s];
-    st.m = m;
-    st.g = const_cast<T*>(g) + S.O[s] * W;  // read only in backward
-    st.h_prev = hs + S.O[s] * H;
-    st.h = const_cast<T*>(hs) + S.O[s + 1] * H;
-    if (cell.has_c) {
-      st.c_prev = cs + S.O[s] * H;
-      st.c = const_cast<T*>(cs) + S.O[s + 1] * H;
+  auto time_loop = [&](int64_t i0, int64_t i1) {
+    Step<T> st;
+    st.H = H;
+    st.ldg = W;
+    st.dh = dH.data() + i0 * H;
+    st.dc = cell.has_c ? dC.data() + i0 * H : nullptr;
+    st.dop = dop.data() + i0 * H;
+    for (int64_t s = S.T - 1; s >= 0; --s) {
+      const int64_t m = std::min(S.B[s], i1) - i0;
+      if (m <= 0) continue;
+      st.m = m;
+      st.g = const_cast<T*>(g) + (S.O[s] + i0) * W;  // read only in backward
+      st.h_prev = hs + (S.O[s] + i0) * H;
+      st.h = const_cast<T*>(hs) + (S.O[s + 1] + i0) * H;
+      if (cell.has_c) {
+        st.c_prev = cs + (S.O[s] + i0) * H;
+        st.c = const_cast<T*>(cs) + (S.O[s + 1] + i0) * H;
+      }
+      st.dy = dyp + (S.O[s] + i0) * H;
+      st.dg = dG + (S.O[s] + i0) * G;
+      st.drec = dR + (S.O[s] + i0) * G;
+      for (int k = cell.num_blocks - 1; k >= 0; --k) {
+        const Block& bk = cell.blocks[k];
+        cell.backward(k, st);
+        const bool to_h = bk.op_col < 0;  // d h_prev accumulates; the extra operand's gradient is fresh
+        L.step.gemm(m, (bk.row1 - bk.row0) * H, H, st.drec + bk.row0 * H, G, packed[k].data(), to_h,
+                    to_h ? st.dh : st.dop, H);
+      }
     }
-    st.dy = dyp + S.O[s] * H;
-    st.dg = dG + S.O[s] * G;
-    st.drec = dR + S.O[s] * G;
-    for (int k = cell.num_blocks - 1; k >= 0; --k) {
-      const Block& bk = cell.blocks[k];
-      cell.backward(k, st);
-      const bool to_h = bk.op_col < 0;  // d h_prev accumulates; the extra operand's gradient is fresh
-      L.step.gemm(m, (bk.row1 - bk.row0) * H, H, st.drec + bk.row0 * H, G, packed[k].data(), to_h,
-                  to_h ? dH.data() : dop.data(), H);
-    }
-  }
+  };
+  run_row_groups(S, L.threads, time_loop);
   permute_out(S, dH.data(), H, dh0);
   if (cell.has_c) permute_out(S, dC.data(), H, dc0);
 
@@ -287,6 +323,7 @@ std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params,
                                  const T* c0, const int64_t* lengths, const T* masks, bool train, T* y,
                                  T* h_n, T* c_n) {
   const Kernels<T> kern = kernels<T>(p.cell);
+  const int threads = blas_get_num_threads();
   auto tape = std::make_unique<Tape<T>>(p, lengths);
   const Schedule& S = tape->sched;
   const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
@@ -306,7 +343,7 @@ std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params,
     if (!S.natural) zero(out, TN * out_w);  // padding stays zero
     for (int d = 0; d < p.dirs; ++d) {
       const int64_t k = l * p.dirs + d;
-      Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d};
+      Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d, threads};
       forward_dir(L, in, h0 + k * state, c0 ? c0 + k * state : nullptr, train, out, out_w, h_n + k * state,
                   c_n ? c_n + k * state : nullptr, train ? &tape->dirs[k] : nullptr);
     }
@@ -332,6 +369,7 @@ void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks,
               const T* dc_n, T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads) {
   const Problem& p = tape.p;
   const Kernels<T> kern = kernels<T>(p.cell);
+  const int threads = blas_get_num_threads();
   const Schedule& S = tape.sched;
   const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
   Buffer<T> dy_buf, din_buf;
@@ -342,7 +380,7 @@ void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks,
     zero(din, TN * D);
     for (int d = 0; d < p.dirs; ++d) {
       const int64_t k = l * p.dirs + d;
-      Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d};
+      Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d, threads};
       backward_dir(L, tape.dirs[k], tape.inputs[l].data(), dy, out_w, dh_n ? dh_n + k * state : nullptr,
                    dc_n ? dc_n + k * state : nullptr, din, dh0 + k * state, dc0 ? dc0 + k * state : nullptr,
                    grads[k]);

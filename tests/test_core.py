@@ -205,10 +205,32 @@ def test_deterministic():
         np.testing.assert_array_equal(ga[k], gb[k])
 
 
+@pytest.mark.parametrize("kind", CELLS)
+def test_results_do_not_depend_on_threads(kind):
+    rng = np.random.default_rng(8)
+    m = make(kind, np.float32, layers=2, bidirectional=True)
+    x = rng.standard_normal((T, 40, D)).astype(np.float32)
+    lens = rng.integers(1, T + 1, size=40)
+    dy = rng.standard_normal((T, 40, 2 * H)).astype(np.float32)
+    before = rnncore.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2, 3):
+            rnncore.set_num_threads(n)
+            y, st, tape = m.forward(x, lengths=lens, train=True)
+            out.append((y, m.backward(tape, dy)))
+    finally:
+        rnncore.set_num_threads(before)
+    for y, g in out[1:]:
+        np.testing.assert_array_equal(y, out[0][0])
+        for k in g:
+            np.testing.assert_array_equal(g[k], out[0][1][k], err_msg=k)
+
+
 def test_larger_shapes_float32():
     """Shapes where the BLAS takes its blocked paths and the kernels their vector loops."""
     rng = np.random.default_rng(6)
-    Tb, Nb, Db, Hb = 12, 9, 40, 67
+    Tb, Nb, Db, Hb = 12, 19, 40, 67  # 19 rows: the time loop splits them over 2 threads
     for cls, kw in [(rnncore.LSTM, {}), (rnncore.GRU, {"reset_after": False}), (rnncore.RNN, {})]:
         m = cls(Db, Hb, num_layers=2, bidirectional=True, seed=1, **kw)
         r = getattr(rnncore.reference, cls.__name__)(Db, Hb, num_layers=2, bidirectional=True, **kw)
