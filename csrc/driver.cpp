@@ -238,7 +238,7 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
 
   // upstream output gradient in slot layout
   Buffer<T> dybuf;
-  const T* dyp = dy + L.d * H;
+  const T* dyp = dy;  // used as it is when the slots are its natural rows
   if (!(dy && S.natural && L.d == 0 && dy_ld == H)) {
     dybuf = Buffer<T>(R * H);
     if (dy)
