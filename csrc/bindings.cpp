@@ -121,7 +121,7 @@ py::tuple forward_t(const Config& c, const py::list& weights, const py::array& x
   if (!lengths_.is_none()) {
     lens = checked<int64_t>(lengths_, "lengths", {p.N});
     for (int64_t i = 0; i < p.N; ++i)
-      if (lens.data()[i] < 1 || lens.data()[i] > p.T) throw py::value_error("lengths: each must be in [1, T]");
+      if (lens.data()[i] < 0 || lens.data()[i] > p.T) throw py::value_error("lengths: each must be in [0, T]");
     lengths = lens.data();
   }
   auto y = empty<T>({p.T, p.N, p.dirs * p.H});

@@ -135,15 +135,35 @@ struct Layer {  // one layer and direction, as the time loops see it
   int threads;  // for the time loop's row groups
   int64_t G() const { return cell.gates * H; }
   int64_t W() const { return (cell.gates + cell.extra_cols) * H; }
-  // W_hh's rows of block k, packed for the time loop: transposed (forward: gates = op * W^T)
-  // or not (backward: d_op = d_gates * W)
+  // W_hh's rows of block k for the time loop. Packing (a copy of W_hh) pays off over several
+  // steps; a single step (the cell API) multiplies with the BLAS instead.
   Buffer<T> packed_block(int k, bool transposed) const {
+    if (S.T == 1) return Buffer<T>();
     const Block& bk = cell.blocks[k];
     const int64_t rows = (bk.row1 - bk.row0) * H;
     const int64_t K = transposed ? H : rows, Nc = transposed ? rows : H;
     Buffer<T> p(step.packed_size(K, Nc));
     step.pack(w.W_hh + bk.row0 * H * H, H, transposed, K, Nc, p.data());
     return p;
+  }
+  // forward, block k: gates (m x rows, ld G) = op (m x H, ld) * W_hh[block]^T
+  void block_forward(int k, const Buffer<T>& packed, int64_t m, const T* op, int64_t ld, T* gates) const {
+    const Block& bk = cell.blocks[k];
+    const int64_t rows = (bk.row1 - bk.row0) * H;
+    if (packed.data())
+      step.gemm(m, H, rows, op, ld, packed.data(), false, gates + bk.row0 * H, G());
+    else
+      gemm<T>(false, true, m, rows, H, op, ld, w.W_hh + bk.row0 * H * H, H, T(0), gates + bk.row0 * H, G());
+  }
+  // backward, block k: d_op (m x H) (+)= d_gates[block] (m x rows, ld G) * W_hh[block]
+  void block_backward(int k, const Buffer<T>& packed, int64_t m, const T* dgates, bool add, T* d_op) const {
+    const Block& bk = cell.blocks[k];
+    const int64_t rows = (bk.row1 - bk.row0) * H;
+    if (packed.data())
+      step.gemm(m, rows, H, dgates + bk.row0 * H, G(), packed.data(), add, d_op, H);
+    else
+      gemm<T>(false, false, m, H, rows, dgates + bk.row0 * H, G(), w.W_hh + bk.row0 * H * H, H, add ? T(1) : T(0),
+              d_op, H);
   }
   // the layer input in slot layout: the natural rows themselves when the map is the identity
   const T* slot_input(const T* in, Buffer<T>& buf) const {
@@ -203,8 +223,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
       for (int k = 0; k < cell.num_blocks; ++k) {
         const Block& bk = cell.blocks[k];
         const T* op = bk.op_col < 0 ? st.h_prev : st.g + bk.op_col * H;
-        const int64_t ld = bk.op_col < 0 ? H : W;
-        L.step.gemm(m, H, (bk.row1 - bk.row0) * H, op, ld, packed[k].data(), false, rec_rows + bk.row0 * H, G);
+        L.block_forward(k, packed[k], m, op, bk.op_col < 0 ? H : W, rec_rows);
         cell.forward(k, st);
       }
     }
@@ -286,8 +305,7 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
         const Block& bk = cell.blocks[k];
         cell.backward(k, st);
         const bool to_h = bk.op_col < 0;  // d h_prev accumulates; the extra operand's gradient is fresh
-        L.step.gemm(m, (bk.row1 - bk.row0) * H, H, st.drec + bk.row0 * H, G, packed[k].data(), to_h,
-                    to_h ? st.dh : st.dop, H);
+        L.block_backward(k, packed[k], m, st.drec, to_h, to_h ? st.dh : st.dop);
       }
     }
   };

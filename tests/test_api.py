@@ -108,8 +108,8 @@ H0 = np.zeros((4, 2, 3), np.float32)
     (lambda m: m(X, (H0, H0[:2])), ValueError, r"c0: expected shape \(4, 2, 3\).*\(2, 2, 3\)"),
     (lambda m: m(X, H0), TypeError, r"state: expected a tuple \(h0, c0\)"),
     (lambda m: m(X, (H0.astype(np.float64), H0)), TypeError, r"h0: .*float64"),
-    (lambda m: m(X, lengths=[3, 4]), ValueError, r"lengths: expected values in \[1, T=3\].*max 4"),
-    (lambda m: m(X, lengths=[0, 1]), ValueError, r"lengths: .*min 0"),
+    (lambda m: m(X, lengths=[3, 4]), ValueError, r"lengths: expected values in \[0, T=3\].*max 4"),
+    (lambda m: m(X, lengths=[-1, 1]), ValueError, r"lengths: .*min -1"),
     (lambda m: m(X, lengths=[1, 2, 3]), ValueError, r"lengths: expected shape \(2,\).*\(3,\)"),
     (lambda m: m(X, lengths=[1.0, 2.0]), TypeError, r"lengths: expected integers, got dtype float64"),
     (lambda m: m(X, lengths=np.array([True, True])), TypeError, r"lengths: .*bool"),
@@ -174,8 +174,8 @@ def test_core_rejects_what_python_would_not_send():
         core.forward(2, 1, 1, w, x, h0.astype(np.float64), h0, None, None, False)
     with pytest.raises(ValueError, match="x: must be C-contiguous"):
         core.forward(2, 1, 1, w, np.zeros((3, 4, 4), np.float32)[:, ::2], h0, h0, None, None, False)
-    with pytest.raises(ValueError, match=r"lengths: each must be in \[1, T\]"):
-        core.forward(2, 1, 1, w, x, h0, h0, np.array([0, 3]), None, False)
+    with pytest.raises(ValueError, match=r"lengths: each must be in \[0, T\]"):
+        core.forward(2, 1, 1, w, x, h0, h0, np.array([-1, 3]), None, False)
     with pytest.raises(ValueError, match="c0: required"):
         core.forward(2, 1, 1, w, x, h0, None, None, None, False)
     huge = np.lib.stride_tricks.as_strided(x, (2**31, 1, 4), (0, 0, 4))  # no memory behind it

@@ -11,10 +11,11 @@
 
 from . import _core, reference
 from ._convert import from_torch_state_dict, to_torch_state_dict
+from .cells import GRUCell, LSTMCell, RNNCell, Stream
 from .models import GRU, LSTM, RNN, Tape
 
 __version__ = "0.1.0"
-__all__ = ["RNN", "LSTM", "GRU", "Tape", "reference", "set_num_threads", "get_num_threads", "blas_info",
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "reference", "set_num_threads", "get_num_threads", "blas_info",
            "from_torch_state_dict", "to_torch_state_dict"]
 
 

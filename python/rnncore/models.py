@@ -4,7 +4,8 @@ Shapes (time-major; with ``batch_first=True`` the first two axes of x and y swap
     x      (T, N, input_size)
     y      (T, N, dirs * hidden_size)       dirs = 2 if bidirectional else 1
     h0/h_n (num_layers * dirs, N, hidden_size), layer-major, direction-minor; c0/c_n likewise
-    lengths (N,) integers in [1, T]: steps at or past a row's length are padding
+    lengths (N,) integers in [0, T]: steps at or past a row's length are padding; a row of length 0
+            passes its state through unchanged (what streaming an ended row needs)
 
 Parameters per layer k and direction ("" or "_reverse"), G gates (1 RNN, 4 LSTM, 3 GRU):
     W_ih_l{k}  (G*H, D_k)    W_hh_l{k}  (G*H, H)    b_l{k}  (G*H,)    b_hn_l{k}  (H,) GRU reset_after
@@ -185,6 +186,12 @@ class _Recurrent:
         y, state, _ = self.forward(x, state, lengths=lengths, train=False)
         return y, state
 
+    def stream(self, state=None, lengths=None):
+        """A :class:`rnncore.Stream` feeding this model a sequence chunk by chunk (unidirectional only)."""
+        from .cells import Stream
+
+        return Stream(self, state, lengths)
+
     def forward(self, x, state=None, lengths=None, train=False):
         """Returns (y, state, tape); tape is None unless ``train`` (then dropout applies too)."""
         x = self._check_array(x, "x", 3)
@@ -297,8 +304,8 @@ class _Recurrent:
             raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
         if arr.shape != (N,):
             raise ValueError(f"lengths: expected shape ({N},) (one per batch row), got {arr.shape}")
-        if N and (arr.min() < 1 or arr.max() > T):
-            raise ValueError(f"lengths: expected values in [1, T={T}], got min {arr.min()} and max {arr.max()}")
+        if N and (arr.min() < 0 or arr.max() > T):
+            raise ValueError(f"lengths: expected values in [0, T={T}], got min {arr.min()} and max {arr.max()}")
         return np.ascontiguousarray(arr, dtype=np.int64)
 
 

@@ -292,7 +292,8 @@ def forward(cell, num_layers, bidirectional, weights, x, h0, c0=None, lengths=No
     x:           (T, N, D), float32 or float64; all arithmetic is done in this dtype.
     h0:          (num_layers*dirs, N, H); required, since H is read from its shape.
     c0:          same shape, lstm only (None means zeros).
-    lengths:     None or ints (N,), 1 <= len <= T, any order.
+    lengths:     None or ints (N,), 0 <= len <= T, any order (0: the row is all padding and
+                 its state passes through unchanged, as streaming an ended row needs).
     masks:       None or (num_layers-1, T, N, dirs*H): multiplies each non-final layer's output.
     train:       if True, also build the tape for `backward`.
 
@@ -332,8 +333,8 @@ def forward(cell, num_layers, bidirectional, weights, x, h0, c0=None, lengths=No
         lengths = np.array(lengths, dtype=np.int64)
         if lengths.shape != (N,):
             raise ValueError(f"lengths: expected shape ({N},), got {lengths.shape}")
-        if np.any(lengths < 1) or np.any(lengths > T):
-            raise ValueError(f"lengths: every entry must be in [1, {T}]")
+        if np.any(lengths < 0) or np.any(lengths > T):
+            raise ValueError(f"lengths: every entry must be in [0, {T}]")
 
     if masks is not None:
         masks = np.array(masks, dtype=dtype)
