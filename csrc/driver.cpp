@@ -3,12 +3,47 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <system_error>
 #include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #include "blas.h"
 #include "dispatch.h"
 
 namespace rnncore {
+
+// Subnormal operands and results make x86 take a microcode assist per operation (calls 15-120x
+// slower, measured), so the driver computes with flush-to-zero and denormals-are-zero, on the
+// calling thread and on each row-group thread, and gives the caller's control word back on return.
+class FlushSubnormals {
+#if defined(__x86_64__) || defined(__i386__)
+  static constexpr unsigned kFtzDaz = 0x8040;  // MXCSR bits FTZ (15) and DAZ (6)
+  unsigned saved_ = _mm_getcsr();
+
+ public:
+  FlushSubnormals() { _mm_setcsr(saved_ | kFtzDaz); }
+  ~FlushSubnormals() { _mm_setcsr(saved_); }
+#elif defined(__aarch64__)
+  static constexpr uint64_t kFz = uint64_t(1) << 24;  // FPCR.FZ
+  uint64_t saved_ = read();
+  static uint64_t read() {
+    uint64_t v;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(v));
+    return v;
+  }
+  static void write(uint64_t v) { __asm__ __volatile__("msr fpcr, %0" : : "r"(v)); }
+
+ public:
+  FlushSubnormals() { write(saved_ | kFz); }
+  ~FlushSubnormals() { write(saved_); }
+#endif
+ public:
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
+};
 
 Schedule::Schedule(int64_t T_, int64_t N_, const int64_t* lengths) : T(T_), N(N_) {
   perm.resize(N);
@@ -104,6 +139,7 @@ void column_sums(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
 // the first). Groups carry about equal numbers of valid steps; small batches stay on one thread.
 template <class F>
 void run_row_groups(const Schedule& S, int threads, const F& loop) {
+  FlushSubnormals ftz;
   constexpr int64_t kMinRows = 8;  // below this a group's GEMM loses more than a thread gains
   const int parts = int(std::max<int64_t>(1, std::min<int64_t>(threads, S.N / kMinRows)));
   if (parts == 1) {
@@ -119,8 +155,17 @@ void run_row_groups(const Schedule& S, int threads, const F& loop) {
     if (acc * parts >= total * p) cut[p++] = i + 1;
   }
   std::vector<std::thread> team;
-  for (int q = 1; q < parts; ++q) team.emplace_back([&, q] { loop(cut[q], cut[q + 1]); });
+  int q = 1;
+  try {
+    for (; q < parts; ++q)
+      team.emplace_back([&, q] {
+        FlushSubnormals ftz;
+        loop(cut[q], cut[q + 1]);
+      });
+  } catch (const std::system_error&) {  // no thread to be had: the caller runs the rest
+  }
   loop(cut[0], cut[1]);
+  for (; q < parts; ++q) loop(cut[q], cut[q + 1]);
   for (auto& t : team) t.join();
 }
 
@@ -135,10 +180,13 @@ struct Layer {  // one layer and direction, as the time loops see it
   int threads;  // for the time loop's row groups
   int64_t G() const { return cell.gates * H; }
   int64_t W() const { return (cell.gates + cell.extra_cols) * H; }
-  // W_hh's rows of block k for the time loop. Packing (a copy of W_hh) pays off over several
-  // steps; a single step (the cell API) multiplies with the BLAS instead.
+  // A call of one step (the cell API, streaming step by step) is about latency: its products
+  // with the weights use dot-product kernels on the weights as they are, with no packing and no
+  // BLAS call. They sum in another order than the sequence path: results agree to rounding.
+  bool single_step() const { return S.T == 1; }
+  // W_hh's rows of block k for the time loop, packed once (not for a single step).
   Buffer<T> packed_block(int k, bool transposed) const {
-    if (S.T == 1) return Buffer<T>();
+    if (single_step()) return Buffer<T>();
     const Block& bk = cell.blocks[k];
     const int64_t rows = (bk.row1 - bk.row0) * H;
     const int64_t K = transposed ? H : rows, Nc = transposed ? rows : H;
@@ -153,7 +201,7 @@ struct Layer {  // one layer and direction, as the time loops see it
     if (packed.data())
       step.gemm(m, H, rows, op, ld, packed.data(), false, gates + bk.row0 * H, G());
     else
-      gemm<T>(false, true, m, rows, H, op, ld, w.W_hh + bk.row0 * H * H, H, T(0), gates + bk.row0 * H, G());
+      step.gemm_nt(m, H, rows, op, ld, w.W_hh + bk.row0 * H * H, H, false, gates + bk.row0 * H, G());
   }
   // backward, block k: d_op (m x H) (+)= d_gates[block] (m x rows, ld G) * W_hh[block]
   void block_backward(int k, const Buffer<T>& packed, int64_t m, const T* dgates, bool add, T* d_op) const {
@@ -161,6 +209,8 @@ struct Layer {  // one layer and direction, as the time loops see it
     const int64_t rows = (bk.row1 - bk.row0) * H;
     if (packed.data())
       step.gemm(m, rows, H, dgates + bk.row0 * H, G(), packed.data(), add, d_op, H);
+    else if (H % step.nn_width == 0)
+      step.gemm_nn(m, rows, H, dgates + bk.row0 * H, G(), w.W_hh + bk.row0 * H * H, H, add, d_op, H);
     else
       gemm<T>(false, false, m, H, rows, dgates + bk.row0 * H, G(), w.W_hh + bk.row0 * H * H, H, add ? T(1) : T(0),
               d_op, H);
@@ -193,7 +243,10 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
   T* cs = cbuf.data();
 
   // input projection of every step: one GEMM
-  gemm<T>(false, true, R, G, L.D, xp, L.D, L.w.W_ih, L.D, T(0), g, W);
+  if (L.single_step())
+    L.step.gemm_nt(R, L.D, G, xp, L.D, L.w.W_ih, L.D, false, g, W);
+  else
+    gemm<T>(false, true, R, G, L.D, xp, L.D, L.w.W_ih, L.D, T(0), g, W);
   for (int64_t s = 0; s < S.T; ++s) zero(g + (S.O[s] + S.B[s]) * W, (S.slot_rows(s) - S.B[s]) * W);
   permute_in(S, h0, H, hs);
   if (cell.has_c) permute_in(S, c0, H, cs);

@@ -67,6 +67,13 @@ struct StepGemm {
   void (*pack)(const T* src, int64_t ld, bool trans, int64_t K, int64_t Nc, T* Bp) = nullptr;
   void (*gemm)(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* Bp, bool add, T* C,
                int64_t ldc) = nullptr;
+  // Unpacked weights, for a single step. C (+)= A * W^T, W (Nc x K) row-major:
+  void (*gemm_nt)(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* W, int64_t ldw, bool add,
+                  T* C, int64_t ldc) = nullptr;
+  // C (+)= A * B, B (K x Nc) row-major; only when Nc is a multiple of nn_width:
+  void (*gemm_nn)(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* B, int64_t ldb, bool add,
+                  T* C, int64_t ldc) = nullptr;
+  int64_t nn_width = 0;
 };
 
 // What one instruction-set build provides for a cell.

@@ -12,7 +12,7 @@ struct Tanh {
   template <class T> static T df_from_out(T h) { return T(1) - h * h; }
 };
 struct Relu {
-  template <class T> static T f(T a) { return a > T(0) ? a : T(0); }
+  template <class T> static T f(T a) { return a <= T(0) ? T(0) : a; }  // NaN stays NaN
   template <class T> static T df_from_out(T h) { return h > T(0) ? T(1) : T(0); }
 };
 
