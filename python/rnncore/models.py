@@ -159,25 +159,34 @@ class _Recurrent:
         for name, a in staged.items():
             np.copyto(self._params[name], a, casting="unsafe")
 
+    def _layout(self):
+        """Per layer and direction, the (name, shape) of W_ih, W_hh, b (and b_hn); computed once."""
+        if getattr(self, "_layout_cache", None) is None:
+            names = list(self._param_shapes())
+            per = 4 if self.cell == "gru_after" else 3
+            self._layout_cache = [tuple(names[i:i + per]) for i in range(0, len(names), per)]
+        return self._layout_cache
+
     def _weights(self):
         """Per layer and direction (W_ih, W_hh, b, b_hn or None), checked and C-contiguous."""
         out = []
-        shapes = dict(self._param_shapes())
-        names = list(shapes)
-        per = 4 if self.cell == "gru_after" else 3
-        for i in range(0, len(names), per):
-            group = []
-            for name in names[i:i + per]:
-                a = self._params.get(name)
-                if not isinstance(a, np.ndarray):
-                    raise TypeError(f"parameter {name!r}: expected an ndarray, got {_describe(a)}")
-                if a.dtype != self.dtype:
-                    raise TypeError(f"parameter {name!r}: expected dtype {self.dtype}, got {a.dtype}")
-                if a.shape != shapes[name]:
-                    raise ValueError(f"parameter {name!r}: expected shape {shapes[name]}, got {a.shape}")
-                group.append(np.ascontiguousarray(a))
-            out.append(tuple(group) + (None,) * (4 - per))
+        params, dtype = self._params, self.dtype
+        for group in self._layout():
+            arrays = []
+            for name, shape in group:
+                a = params.get(name)
+                if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
+                    self._bad_parameter(name, a, shape)
+                arrays.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+            out.append(tuple(arrays) + (None,) * (4 - len(arrays)))
         return out
+
+    def _bad_parameter(self, name, a, shape):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"parameter {name!r}: expected an ndarray, got {_describe(a)}")
+        if a.dtype != self.dtype:
+            raise TypeError(f"parameter {name!r}: expected dtype {self.dtype}, got {a.dtype}")
+        raise ValueError(f"parameter {name!r}: expected shape {shape}, got {a.shape}")
 
     # ---- calls ---------------------------------------------------------------------------
 
@@ -252,6 +261,56 @@ class _Recurrent:
         flat = [a for group in dw for a in group if a is not None]
         grads.update(zip(names, flat))
         return grads
+
+    # ---- interoperability and files: thin delegates to _torch, _keras, _onnx and _io ------
+
+    @classmethod
+    def from_torch(cls, module):
+        """This model from a torch.nn.RNN/LSTM/GRU of the same kind: configuration, dtype and weights.
+
+        A torch GRU becomes GRU(reset_after=True); torch's bias=False gives zero biases.
+        """
+        from . import _torch
+        return _torch.from_torch(module, cls)
+
+    @classmethod
+    def from_torch_state_dict(cls, state_dict, batch_first=False, dropout=0.0, **config):
+        """This model from a torch RNN/LSTM/GRU state dict (tensors or arrays).
+
+        input_size, hidden_size, num_layers, bidirectional and dtype come from the names and shapes;
+        batch_first and dropout are not in a state dict and are given here (RNN: also nonlinearity).
+        """
+        from . import _torch
+        return _torch.from_torch_state_dict(cls, state_dict, batch_first, dropout, **config)
+
+    def to_torch(self):
+        """A torch.nn.RNN/LSTM/GRU (CPU) with this configuration, dtype and weights.
+
+        Raises ValueError for GRU(reset_after=False), which PyTorch has no equivalent of.
+        """
+        from . import _torch
+        return _torch.to_torch(self)
+
+    def to_keras(self):
+        """A keras.Sequential computing this model (see ``rnncore.from_keras`` for the mapping)."""
+        from . import _keras
+        return _keras.to_keras(self)
+
+    def to_onnx(self, path):
+        """Write this model as an ONNX graph of RNN/LSTM/GRU operators (see ``rnncore._onnx.to_onnx``)."""
+        from . import _onnx
+        return _onnx.to_onnx(self, path)
+
+    def save(self, path):
+        """Write configuration and parameters to an .npz file (see ``rnncore.load``)."""
+        from . import _io
+        _io.save(self, path)
+
+    def load(self, path):
+        """Read parameters saved by ``save`` into this model, which must have the same architecture and
+        dtype; batch_first and dropout stay this model's. Returns self. Nothing changes on error."""
+        from . import _io
+        return _io.load_into(self, path)
 
     # ---- argument checking ---------------------------------------------------------------
 
