@@ -1,0 +1,260 @@
+"""model.save / rnncore.load / model.load: the .npz format and what a bad file does."""
+
+import io
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+import rnncore
+
+VARIANTS = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_after")
+EXECUTED = []
+
+
+def model(variant, num_layers=2, bidirectional=True, dtype=np.float32, **kw):
+    kw = dict(num_layers=num_layers, bidirectional=bidirectional, dtype=dtype, seed=0, **kw)
+    if variant.startswith("rnn_"):
+        return rnncore.RNN(3, 4, nonlinearity=variant[4:], **kw)
+    if variant == "lstm":
+        return rnncore.LSTM(3, 4, **kw)
+    return rnncore.GRU(3, 4, reset_after=variant == "gru_after", **kw)
+
+
+def same(a, b):
+    assert type(a) is type(b) and repr(a) == repr(b)
+    assert set(a.parameters()) == set(b.parameters())
+    for k, v in a.parameters().items():
+        assert b.parameters()[k].dtype == v.dtype, k
+        np.testing.assert_array_equal(b.parameters()[k], v, err_msg=k)
+
+
+def entries(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def write(path, arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True), (2, False), (1, True)])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_save_load_round_trip_is_exact(variant, num_layers, bidirectional, dtype, tmp_path):
+    m = model(variant, num_layers, bidirectional, dtype, batch_first=bidirectional, dropout=0.25)
+    path = tmp_path / "model.npz"
+    m.save(path)
+    loaded = rnncore.load(path)
+    same(m, loaded)
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(dtype)
+    np.testing.assert_array_equal(loaded(x)[0], m(x)[0])
+
+
+def test_format_is_plain_npz_with_a_json_header(tmp_path):
+    m = model("gru", dropout=0.5, batch_first=True)
+    path = tmp_path / "weights"                # no suffix added: the file is exactly where asked
+    m.save(str(path))
+    assert os.listdir(tmp_path) == ["weights"]           # and no temporary file left behind
+    e = entries(path)
+    meta = json.loads(str(e.pop("__rnncore__")))
+    assert meta == {"format": "rnncore", "version": 1, "type": "GRU",
+                    "config": {"input_size": 3, "hidden_size": 4, "num_layers": 2, "bidirectional": True,
+                               "batch_first": True, "dropout": 0.5, "dtype": "float32", "reset_after": False}}
+    assert set(e) == set(m.parameters())
+    for k, a in e.items():
+        np.testing.assert_array_equal(a, m.parameters()[k])
+
+
+def test_file_objects():
+    m = model("lstm")
+    buf = io.BytesIO()
+    m.save(buf)
+    buf.seek(0)
+    same(m, rnncore.load(buf))
+
+
+def test_overwrite_replaces_the_file(tmp_path):
+    path = tmp_path / "m.npz"
+    model("lstm").save(path)
+    other = rnncore.LSTM(3, 4, num_layers=2, bidirectional=True, seed=1)
+    other.save(path)
+    same(other, rnncore.load(path))
+
+
+def test_load_into_an_existing_model(tmp_path):
+    src = model("gru_after", dtype=np.float64)
+    path = tmp_path / "m.npz"
+    src.save(path)
+    dst = rnncore.GRU(3, 4, num_layers=2, bidirectional=True, reset_after=True, dtype=np.float64, seed=5,
+                      batch_first=True)
+    assert dst.load(path) is dst
+    assert dst.batch_first is True                        # its own call settings stay
+    for k, v in src.parameters().items():
+        np.testing.assert_array_equal(dst.parameters()[k], v)
+
+
+@pytest.mark.parametrize("other,match", [
+    (lambda: rnncore.GRU(3, 4, num_layers=2, bidirectional=True, dtype=np.float64), "reset_after"),
+    (lambda: rnncore.GRU(3, 4, num_layers=2, bidirectional=True, reset_after=True), "dtype"),
+    (lambda: rnncore.GRU(3, 5, num_layers=2, bidirectional=True, reset_after=True, dtype=np.float64),
+     "hidden_size"),
+    (lambda: rnncore.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=np.float64), "does not fit"),
+])
+def test_load_into_a_different_model_changes_nothing(other, match, tmp_path):
+    path = tmp_path / "m.npz"
+    model("gru_after", dtype=np.float64).save(path)
+    dst = other()
+    before = dst.state_dict()
+    with pytest.raises(ValueError, match=match):
+        dst.load(path)
+    for k, v in before.items():
+        np.testing.assert_array_equal(dst.parameters()[k], v)
+
+
+def test_truncated_files(tmp_path):
+    path = tmp_path / "m.npz"
+    model("lstm").save(path)
+    data = path.read_bytes()
+    for cut in (0, 10, len(data) // 3, len(data) // 2, len(data) - 30, len(data) - 1):
+        bad = tmp_path / f"cut{cut}.npz"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="not a valid rnncore model file"):
+            rnncore.load(bad)
+
+
+def test_corrupted_bytes_are_caught_by_the_checksums(tmp_path):
+    m = model("lstm")
+    path = tmp_path / "m.npz"
+    m.save(path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("W_hh_l1.npy")
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len           # the stored .npy: header, then data
+    pos = start + info.file_size - 5
+    before = np.frombuffer(bytes(data[start + info.file_size - 4 * 16 * 4:start + info.file_size]), np.float32)
+    np.testing.assert_array_equal(before, m.parameters()["W_hh_l1"].ravel())   # really inside the data
+    data[pos] ^= 0x40
+    bad = tmp_path / "flip.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="Bad CRC-32 for file 'W_hh_l1.npy'"):
+        rnncore.load(bad)
+
+
+def valid_entries(variant="gru", **kw):
+    m = model(variant, **kw)
+    buf = io.BytesIO()
+    m.save(buf)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def edited(meta_change=None, **arrays):
+    e = valid_entries()
+    if meta_change:
+        meta = json.loads(str(e["__rnncore__"]))
+        meta_change(meta)
+        e["__rnncore__"] = np.array(json.dumps(meta))
+    for k, v in arrays.items():
+        if v is None:
+            del e[k]
+        else:
+            e[k] = v
+    return e
+
+
+@pytest.mark.parametrize("arrays,match", [
+    (edited(W_ih_l0=np.zeros((12, 4), np.float32)), "W_ih_l0.*shape \\(12, 4\\).*\\(12, 3\\)"),
+    (edited(W_ih_l0=np.zeros((12, 3), np.float64)), "W_ih_l0.*float64"),
+    (edited(W_ih_l0=np.zeros((12, 3), np.int32)), "W_ih_l0.*int32"),
+    (edited(b_l1_reverse=None), "missing \\['b_l1_reverse'\\]"),
+    (edited(extra=np.zeros(3, np.float32)), "unexpected \\['extra'\\]"),
+    (edited(__rnncore__=None), "no __rnncore__"),
+    (edited(__rnncore__=np.array("{not json")), "JSONDecodeError"),
+    (edited(__rnncore__=np.zeros(3)), "not a JSON string"),
+    (edited(lambda m: m.update(version=2)), "format version 2"),
+    (edited(lambda m: m.update(format="other")), "not an rnncore header"),
+    (edited(lambda m: m.update(type="Transformer")), "model type 'Transformer'"),
+    (edited(lambda m: m["config"].update(num_layers=3)), "missing \\['W_hh_l2'"),
+    (edited(lambda m: m["config"].update(hidden_size=-1)), "bad config"),
+    (edited(lambda m: m["config"].update(hidden_size=10**6)), "more than the file holds"),   # nothing allocated
+    (edited(lambda m: m["config"].update(num_layers=2.0)), "positive ints"),
+    (edited(lambda m: m["config"].update(dtype="float16")), "dtype 'float16'"),
+    (edited(lambda m: m["config"].update(nonlinearity="relu")), "config keys"),
+    (edited(lambda m: m["config"].pop("reset_after")), "config keys"),
+])
+def test_mismatched_files(arrays, match, tmp_path):
+    path = tmp_path / "m.npz"
+    write(path, arrays)
+    with pytest.raises(ValueError, match=match):
+        rnncore.load(path)
+
+
+def test_other_byte_order_loads(tmp_path):
+    m = model("lstm", dtype=np.float64)
+    e = valid_entries("lstm", dtype=np.float64)
+    big = {k: (v if k == "__rnncore__" else v.astype(v.dtype.newbyteorder(">"))) for k, v in e.items()}
+    assert big["W_ih_l0"].dtype.str == ">f8"
+    path = tmp_path / "big.npz"
+    write(path, big)
+    loaded = rnncore.load(path)
+    assert loaded.parameters()["W_ih_l0"].dtype.isnative
+    same(m, loaded)
+
+
+class Payload:
+    def __reduce__(self):
+        return (EXECUTED.append, ("executed",))
+
+
+def test_pickled_content_is_never_executed(tmp_path):
+    e = valid_entries()
+    e["W_ih_l0"] = np.array([Payload()], dtype=object)
+    path = tmp_path / "evil.npz"
+    write(path, e)
+    with pytest.raises(ValueError, match="not a valid rnncore model file"):
+        rnncore.load(path)
+    import pickle
+    whole = tmp_path / "evil.pkl"
+    whole.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match="not a valid rnncore model file"):
+        rnncore.load(whole)
+    assert EXECUTED == []
+
+
+def test_other_files(tmp_path):
+    npy = tmp_path / "a.npy"
+    np.save(npy, np.zeros(3))
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        rnncore.load(npy)
+    txt = tmp_path / "a.txt"
+    txt.write_text("hello")
+    with pytest.raises(ValueError, match="not a valid rnncore model file"):
+        rnncore.load(txt)
+    with pytest.raises(FileNotFoundError):
+        rnncore.load(tmp_path / "missing.npz")
+
+
+def test_save_refuses_a_broken_model(tmp_path):
+    m = model("lstm")
+    m.parameters()["W_ih_l0"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match="W_ih_l0"):
+        m.save(tmp_path / "m.npz")
+    assert not os.listdir(tmp_path)
+
+
+def test_load_into_a_model_with_a_replaced_parameter_changes_nothing(tmp_path):
+    path = tmp_path / "m.npz"
+    model("lstm").save(path)
+    dst = rnncore.LSTM(3, 4, num_layers=2, bidirectional=True, seed=3)
+    before = dst.state_dict()
+    dst.parameters()["W_hh_l1"] = np.zeros((1, 1), np.float32)
+    with pytest.raises(ValueError, match="W_hh_l1"):
+        dst.load(path)
+    np.testing.assert_array_equal(dst.parameters()["W_ih_l0"], before["W_ih_l0"])
