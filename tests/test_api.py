@@ -181,3 +181,15 @@ def test_core_rejects_what_python_would_not_send():
     huge = np.lib.stride_tricks.as_strided(x, (2**31, 1, 4), (0, 0, 4))  # no memory behind it
     with pytest.raises(ValueError, match="sizes too large"):
         core.forward(2, 1, 1, w, huge, h0[:, :1], h0[:, :1], None, None, False)
+
+
+def test_load_state_dict_repairs_replaced_parameters():
+    """A live entry replaced or deleted through parameters() is restored whole, not half-copied."""
+    m = lstm()
+    good = m.state_dict()
+    m.parameters()["W_hh_l0"] = np.zeros((2, 2), np.float32)
+    del m.parameters()["b_l1"]
+    m.load_state_dict(good)
+    for k, v in good.items():
+        np.testing.assert_array_equal(m.parameters()[k], v)
+    assert m(X)[0].shape == (3, 2, 6)
