@@ -157,7 +157,12 @@ class _Recurrent:
                 raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {a.shape}")
             staged[name] = a
         for name, a in staged.items():
-            np.copyto(self._params[name], a, casting="unsafe")
+            live = self._params.get(name)
+            if (isinstance(live, np.ndarray) and live.shape == expected[name] and live.dtype == self.dtype
+                    and live.flags.writeable):
+                np.copyto(live, a, casting="unsafe")  # in place: arrays handed out by parameters() follow
+            else:  # the live entry was replaced or removed through parameters(): a fresh array
+                self._params[name] = np.array(a, dtype=self.dtype)
 
     def _layout(self):
         """Per layer and direction, the (name, shape) of W_ih, W_hh, b (and b_hn); computed once."""
