@@ -402,7 +402,7 @@ std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params,
     tape->inputs.resize(p.layers);
     tape->dirs.resize(p.layers * p.dirs);
     tape->inputs[0] = Buffer<T>(TN * p.D);
-    std::memcpy(tape->inputs[0].data(), x, size_t(TN * p.D) * sizeof(T));
+    if (TN > 0) std::memcpy(tape->inputs[0].data(), x, size_t(TN * p.D) * sizeof(T));
   }
   Buffer<T> in_buf, out_buf;
   const T* in = x;

@@ -18,6 +18,7 @@ namespace rnncore {
 namespace RNNCORE_NS {
 
 RNNCORE_INLINE float exp_f(float x) {
+  const bool huge = x > 87.0f;
   // keep 2^n a normal number: n in [-125, 126]
   x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);  // NaN passes through both tests
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
@@ -30,8 +31,11 @@ RNNCORE_INLINE float exp_f(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);  // 2^n
-  return p * scale;
+  // 2^n: the low mantissa bits of n + 1.5 * 2^23 + 127 are n + 127. No float-to-int conversion, so
+  // a NaN x (and n) is defined behaviour too.
+  const float biased = n + (12582912.0f + 127.0f);
+  const float scale = __builtin_bit_cast(float, __builtin_bit_cast(uint32_t, biased) << 23);
+  return huge ? __builtin_inff() : p * scale;  // so that sigmoid(-inf) is 0, as 0 * inf = NaN needs
 }
 
 RNNCORE_INLINE float sigmoid(float x) { return 1.0f / (1.0f + exp_f(-x)); }

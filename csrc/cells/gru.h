@@ -40,7 +40,7 @@ struct GRUCell {
           const T zg = sigmoid(g[H + j] + r[H + j] + b[H + j]);
           const T hn = r[2 * H + j] + s.b_hn[j];
           const T ng = tanh_act(g[2 * H + j] + b[2 * H + j] + rg * hn);
-          h[j] = hp[j] + zg * (ng - hp[j]);
+          h[j] = (T(1) - zg) * hp[j] + zg * ng;  // as SPEC.md writes it: an infinite h_prev stays infinite
           g[j] = rg;
           g[H + j] = zg;
           g[2 * H + j] = ng;
@@ -59,7 +59,7 @@ struct GRUCell {
         for (int64_t j = 0; j < H; ++j) {
           const T ng = tanh_act(g[2 * H + j] + r[2 * H + j] + b[2 * H + j]);
           const T zg = g[H + j];
-          h[j] = hp[j] + zg * (ng - hp[j]);
+          h[j] = (T(1) - zg) * hp[j] + zg * ng;  // as SPEC.md writes it: an infinite h_prev stays infinite
           g[2 * H + j] = ng;
         }
       }

@@ -20,6 +20,7 @@ from . import _core
 
 _CELL_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3, "gru_after": 4}
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_BLAS_LIMIT = 2**31  # the core's BLAS takes 32-bit counts: every matrix dimension stays below this
 
 
 class _CoreEngine:
@@ -55,8 +56,9 @@ class Tape:
 
     @property
     def nbytes(self):
+        """Bytes the tape holds: the engine's buffers and the dropout masks (the weights are the model's)."""
         own = getattr(self.engine_tape, "nbytes", None)
-        return own if own is not None else 0
+        return (own or 0) + (self.masks.nbytes if self.masks is not None else 0)
 
 
 class _Recurrent:
@@ -94,6 +96,8 @@ class _Recurrent:
         self.seed = seed
         rng = np.random.default_rng(seed)
         self._dropout_rng = np.random.default_rng(rng.integers(2**63))
+        total = self._check_model_sizes()
+        np.empty(total, self.dtype)  # untouched: a model that cannot fit fails here at once, with MemoryError
         k = 1.0 / np.sqrt(self.hidden_size)
         self._params = {}
         for name, shape in self._param_shapes():
@@ -116,6 +120,22 @@ class _Recurrent:
                 yield "b" + sfx, (G,)
                 if self.cell == "gru_after":
                     yield "b_hn" + sfx, (H,)
+
+    def _check_model_sizes(self):
+        """The number of parameter values; ValueError when a dimension or the total overflows the core's counts."""
+        D, H, G = self.input_size, self.hidden_size, self._gates
+        widest = max((G + 1) * H, self.dirs * H)
+        if D >= _BLAS_LIMIT or widest >= _BLAS_LIMIT:
+            name, what = ("input_size", f"input_size={D}") if D >= _BLAS_LIMIT else \
+                ("hidden_size", f"hidden_size={H} gives matrices {widest} wide")
+            raise ValueError(f"{name}: sizes too large: {what}; the core's BLAS counts are 32-bit "
+                             f"(below {_BLAS_LIMIT})")
+        per_dir = G * H * (H + 1) + (H if self.cell == "gru_after" else 0)
+        total = self.dirs * (self.num_layers * per_dir + G * H * (D + (self.num_layers - 1) * self.dirs * H))
+        if total * self.dtype.itemsize >= 2**63:
+            raise ValueError(f"num_layers: sizes too large: input_size={D}, hidden_size={H}, "
+                             f"num_layers={self.num_layers} give {total} parameters, more bytes than 64 bits count")
+        return total
 
     def _extra_repr(self):
         return ""
@@ -182,7 +202,7 @@ class _Recurrent:
                 a = params.get(name)
                 if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
                     self._bad_parameter(name, a, shape)
-                arrays.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+                arrays.append(_c_aligned(a))
             out.append(tuple(arrays) + (None,) * (4 - len(arrays)))
         return out
 
@@ -208,6 +228,8 @@ class _Recurrent:
 
     def forward(self, x, state=None, lengths=None, train=False):
         """Returns (y, state, tape); tape is None unless ``train`` (then dropout applies too)."""
+        if not isinstance(train, (bool, np.bool_)):
+            raise TypeError(f"train: expected a bool, got {_describe(train)}")
         x = self._check_array(x, "x", 3)
         if self.batch_first:
             x = x.transpose(1, 0, 2)
@@ -217,7 +239,8 @@ class _Recurrent:
         if D != self.input_size:
             raise ValueError(f"x: expected last dimension input_size={self.input_size}, got shape "
                              f"{self._user_shape(x.shape)}")
-        x = np.ascontiguousarray(x)
+        self._check_call_sizes(T, N)
+        x = _c_aligned(x)
         h0, c0 = self._check_state(state, N)
         lengths = self._check_lengths(lengths, T, N)
         weights = self._weights()
@@ -242,6 +265,12 @@ class _Recurrent:
             raise TypeError(f"tape: expected the tape returned by forward(..., train=True), got {_describe(tape)}")
         if tape.model is not self:
             raise ValueError("tape: it was made by another model")
+        for group, kept in zip(self._layout(), tape.weights):
+            for (name, _), then in zip(group, kept):
+                now = self._params.get(name)
+                if getattr(now, "shape", None) != then.shape:
+                    raise ValueError(f"tape: parameter {name!r} changed shape since the forward that made this "
+                                     f"tape: {then.shape} then, {_describe(now)} now")
         T, N, H = tape.T, tape.N, self.hidden_size
         if dy is not None:
             dy = self._check_array(dy, "dy", 3)
@@ -251,7 +280,7 @@ class _Recurrent:
             if dy.shape != want:
                 raise ValueError(f"dy: expected shape {self._user_shape(want)} (like y), got "
                                  f"{self._user_shape(dy.shape)}")
-            dy = np.ascontiguousarray(dy)
+            dy = _c_aligned(dy)
         state = (self.num_layers * self.dirs, N, H)
         dh_n = self._check_optional_state(dh_n, "dh_n", state)
         if self._has_c:
@@ -297,12 +326,23 @@ class _Recurrent:
         return _torch.to_torch(self)
 
     def to_keras(self):
-        """A keras.Sequential computing this model (see ``rnncore.from_keras`` for the mapping)."""
+        """A keras.Sequential computing ``self(x)[0]`` on (N, T, D) input, whatever batch_first says:
+        per layer a keras SimpleRNN/LSTM/GRU (return_sequences=True), in Bidirectional when
+        bidirectional, with Dropout(dropout) layers in between when dropout > 0."""
         from . import _keras
         return _keras.to_keras(self)
 
     def to_onnx(self, path):
-        """Write this model as an ONNX graph of RNN/LSTM/GRU operators (see ``rnncore._onnx.to_onnx``)."""
+        """Write this model to ``path`` as an ONNX graph (opset 17), one RNN/LSTM/GRU operator per layer.
+
+        Graph inputs, all required (T and N are dynamic):
+            x        (T, N, input_size), or (N, T, input_size) if batch_first; this model's dtype
+            h0       (num_layers * dirs, N, hidden_size); zeros for no initial state
+            c0       like h0; LSTM only
+            lengths  (N,) int64 in [1, T]; T for every row when the sequences are full
+        Graph outputs: y, h_n and (LSTM) c_n, as from ``self(x, state, lengths)``. Dropout is not
+        exported (inference). ONNX Runtime runs these operators in float32 only. Returns ``path``.
+        """
         from . import _onnx
         return _onnx.to_onnx(self, path)
 
@@ -327,8 +367,12 @@ class _Recurrent:
     def _check_array(self, a, name, ndim):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got {_describe(a)}")
+        if isinstance(a, np.ma.MaskedArray):
+            raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
+                            f"{name}.filled(0), and lengths for padding")
         if a.dtype != self.dtype:
-            raise TypeError(f"{name}: expected dtype {self.dtype} (the model's dtype), got {a.dtype}")
+            order = " (non-native byte order)" if a.dtype.newbyteorder("=") == self.dtype else ""
+            raise TypeError(f"{name}: expected dtype {self.dtype} (the model's dtype), got {a.dtype}{order}")
         if a.ndim != ndim:
             layout = "(N, T, input_size)" if self.batch_first else "(T, N, input_size)"
             what = f"{ndim} dimensions" + (f" {layout}" if name == "x" else "")
@@ -341,7 +385,7 @@ class _Recurrent:
         a = self._check_array(a, name, 3)
         if a.shape != shape:
             raise ValueError(f"{name}: expected shape {shape} (num_layers * dirs, N, hidden_size), got {a.shape}")
-        return np.ascontiguousarray(a)
+        return _c_aligned(a)
 
     def _check_state(self, state, N):
         shape = (self.num_layers * self.dirs, N, self.hidden_size)
@@ -359,18 +403,43 @@ class _Recurrent:
         h0 = self._check_optional_state(state, "h0", shape)
         return (np.zeros(shape, self.dtype) if h0 is None else h0), None
 
+    def _check_call_sizes(self, T, N):
+        """ValueError, before anything is allocated, when the core's counts would overflow (as bindings.cpp checks)."""
+        rows = (T + 1) * N
+        wide = max(self.input_size, self.dirs * self.hidden_size, (self._gates + 1) * self.hidden_size)
+        if rows >= _BLAS_LIMIT:
+            raise ValueError(f"x: sizes too large: T={T} and N={N} give (T + 1) * N = {rows} rows; the core's BLAS "
+                             f"counts are 32-bit (below {_BLAS_LIMIT})")
+        if rows * wide * 8 > 2**62:
+            raise ValueError(f"x: sizes too large: (T + 1) * N = {rows} rows of {wide} values (T={T}, N={N}, "
+                             f"hidden_size={self.hidden_size}) are more bytes than 64 bits count")
+
     @staticmethod
     def _check_lengths(lengths, T, N):
         if lengths is None:
             return None
-        arr = np.asarray(lengths)
+        try:
+            arr = np.asarray(lengths)
+        except (ValueError, TypeError):
+            raise TypeError(f"lengths: expected a flat sequence of {N} integers, got {_describe(lengths)}") from None
+        if arr.size == 0 and not isinstance(lengths, np.ndarray):
+            arr = arr.astype(np.int64)  # NumPy reads [] as float64
+        if arr.dtype == object and arr.shape == (N,) and all(
+                isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in arr):
+            raise ValueError(f"lengths: expected values in [0, T={T}], got integers beyond int64")
         if arr.dtype.kind not in "iu":
             raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
         if arr.shape != (N,):
             raise ValueError(f"lengths: expected shape ({N},) (one per batch row), got {arr.shape}")
         if N and (arr.min() < 0 or arr.max() > T):
             raise ValueError(f"lengths: expected values in [0, T={T}], got min {arr.min()} and max {arr.max()}")
-        return np.ascontiguousarray(arr, dtype=np.int64)
+        return _c_aligned(np.asarray(arr, dtype=np.int64))
+
+
+def _c_aligned(a):
+    """a itself when the core can read it as it is (C-contiguous and aligned), else such a copy."""
+    flags = a.flags
+    return a if flags.c_contiguous and flags.aligned else np.array(a, order="C")
 
 
 def _positive_int(v, name):
