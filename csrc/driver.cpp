@@ -209,11 +209,8 @@ struct Layer {  // one layer and direction, as the time loops see it
     const int64_t rows = (bk.row1 - bk.row0) * H;
     if (packed.data())
       step.gemm(m, rows, H, dgates + bk.row0 * H, G(), packed.data(), add, d_op, H);
-    else if (H % step.nn_width == 0)
-      step.gemm_nn(m, rows, H, dgates + bk.row0 * H, G(), w.W_hh + bk.row0 * H * H, H, add, d_op, H);
     else
-      gemm<T>(false, false, m, H, rows, dgates + bk.row0 * H, G(), w.W_hh + bk.row0 * H * H, H, add ? T(1) : T(0),
-              d_op, H);
+      step.gemm_nn(m, rows, H, dgates + bk.row0 * H, G(), w.W_hh + bk.row0 * H * H, H, add, d_op, H);
   }
   // the layer input in slot layout: the natural rows themselves when the map is the identity
   const T* slot_input(const T* in, Buffer<T>& buf) const {

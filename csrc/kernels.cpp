@@ -44,7 +44,6 @@ Kernels<T> kernels(CellKind kind) {
   k.step.gemm = &SmallGemm<T>::gemm;
   k.step.gemm_nt = &SmallGemm<T>::gemm_nt;
   k.step.gemm_nn = &SmallGemm<T>::gemm_nn;
-  k.step.nn_width = SmallGemm<T>::NW;
   return k;
 }
 

@@ -136,7 +136,7 @@ struct SmallGemm {
   }
 
   // C = A * B (add = false) or C += A * B (add = true). Packed B (ldb = 0): as pack() left it.
-  // Unpacked B (row stride ldb > 0): only when Nc is a multiple of NW.
+  // Unpacked B: row stride ldb > 0.
   static void gemm_b(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* B, int64_t ldb, bool add,
                      T* C, int64_t ldc) {
     for (int64_t p = 0; p < panels(Nc); ++p) {
@@ -144,6 +144,15 @@ struct SmallGemm {
       const int64_t ld = ldb ? ldb : NW;
       const int64_t cols = Nc - p * NW < NW ? Nc - p * NW : NW;
       T* Cp = C + p * NW;
+      if (ldb && cols < NW) {  // unpacked, last partial panel: a full-width load would overrun B
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t j = 0; j < cols; ++j) {
+            T acc = T(0);
+            for (int64_t k = 0; k < K; ++k) acc += A[i * lda + k] * Bpan[k * ld + j];
+            Cp[i * ldc + j] = add ? Cp[i * ldc + j] + acc : acc;
+          }
+        continue;
+      }
       int64_t i = 0;
       for (; i + kMR <= M; i += kMR) tile<kMR>(K, A + i * lda, lda, Bpan, ld, add, Cp + i * ldc, ldc, cols);
       switch (M - i) {

@@ -70,10 +70,9 @@ struct StepGemm {
   // Unpacked weights, for a single step. C (+)= A * W^T, W (Nc x K) row-major:
   void (*gemm_nt)(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* W, int64_t ldw, bool add,
                   T* C, int64_t ldc) = nullptr;
-  // C (+)= A * B, B (K x Nc) row-major; only when Nc is a multiple of nn_width:
+  // C (+)= A * B, B (K x Nc) row-major:
   void (*gemm_nn)(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* B, int64_t ldb, bool add,
                   T* C, int64_t ldc) = nullptr;
-  int64_t nn_width = 0;
 };
 
 // What one instruction-set build provides for a cell.
