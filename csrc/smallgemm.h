@@ -13,12 +13,16 @@
 namespace rnncore {
 namespace RNNCORE_NS {
 
+// A panel is kNV vectors wide. Many rows: kMR rows x 1 panel per tile, so a panel of B stays in
+// L1 while every row block passes over it. Few rows (less than kMR): 2 rows x kFewP panels, for
+// enough independent accumulators. Every output sums its products in k order, whatever the tile:
+// results do not depend on M, on how rows are grouped, or on whether B is packed.
 #if defined(__AVX512F__)
-constexpr int kVecBytes = 64, kMR = 4, kNV = 4;
+constexpr int kVecBytes = 64, kNV = 2, kMR = 8, kFewP = 4;  // 32 registers
 #elif defined(__AVX2__)
-constexpr int kVecBytes = 32, kMR = 4, kNV = 2;
+constexpr int kVecBytes = 32, kNV = 2, kMR = 4, kFewP = 2;  // 16 registers
 #else
-constexpr int kVecBytes = 16, kMR = 4, kNV = 2;
+constexpr int kVecBytes = 16, kNV = 2, kMR = 4, kFewP = 2;
 #endif
 
 template <class T> struct VecOf;
@@ -54,31 +58,48 @@ struct SmallGemm {
   static void store(T* p, V v) { std::memcpy(p, &v, sizeof v); }
 
   // Accumulators stay in registers: nothing takes their address.
-  // B rows are ldb apart: NW when packed, the matrix's own row stride when not
-  template <int MR>
-  static void tile(int64_t K, const T* A, int64_t lda, const T* Bp, int64_t ldb, bool add, T* C, int64_t ldc,
-                   int64_t cols) {
-    V acc[MR][kNV];
+  // MR rows of A times P panels of B. Panel q's row k is at B + q * pstride + k * ldb (packed:
+  // pstride = K * NW, ldb = NW; unpacked: pstride = NW, ldb = the row stride). The last panel
+  // holds `cols` real columns (a packed panel is zero padded, so it is read in full).
+  template <int MR, int P>
+  static void tile(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, int64_t pstride, bool add, T* C,
+                   int64_t ldc, int64_t cols) {
+    V acc[MR][P * kNV];
     for (int r = 0; r < MR; ++r)
-      for (int v = 0; v < kNV; ++v) acc[r][v] = V{} * T(0);
+      for (int j = 0; j < P * kNV; ++j) acc[r][j] = V{} * T(0);
     for (int64_t k = 0; k < K; ++k) {
-      V b[kNV];
-      for (int v = 0; v < kNV; ++v) b[v] = load(Bp + k * ldb + v * L);
+      V b[P * kNV];
+      for (int q = 0; q < P; ++q)
+        for (int v = 0; v < kNV; ++v) b[q * kNV + v] = load(B + q * pstride + k * ldb + v * L);
       for (int r = 0; r < MR; ++r) {
         const T a = A[r * lda + k];
-        for (int v = 0; v < kNV; ++v) acc[r][v] += a * b[v];
+        for (int j = 0; j < P * kNV; ++j) acc[r][j] += a * b[j];
       }
     }
-    for (int r = 0; r < MR; ++r) {
-      T* c = C + r * ldc;
-      if (cols == NW) {
-        for (int v = 0; v < kNV; ++v) store(c + v * L, add ? acc[r][v] + load(c + v * L) : acc[r][v]);
-      } else {  // the last, partial panel
-        T tmp[NW];
-        for (int v = 0; v < kNV; ++v) store(tmp + v * L, acc[r][v]);
-        for (int64_t j = 0; j < cols; ++j) c[j] = add ? c[j] + tmp[j] : tmp[j];
+    for (int r = 0; r < MR; ++r)
+      for (int q = 0; q < P; ++q) {
+        T* c = C + r * ldc + q * NW;
+        if (q < P - 1 || cols == NW) {
+          for (int v = 0; v < kNV; ++v) {
+            const V out = acc[r][q * kNV + v];
+            store(c + v * L, add ? out + load(c + v * L) : out);
+          }
+        } else {  // the last, partial panel
+          T tmp[NW];
+          for (int v = 0; v < kNV; ++v) store(tmp + v * L, acc[r][q * kNV + v]);
+          for (int64_t j = 0; j < cols; ++j) c[j] = add ? c[j] + tmp[j] : tmp[j];
+        }
       }
-    }
+  }
+
+  // all M rows against P panels: blocks of MR rows, the rest in halving blocks
+  template <int MR, int P>
+  static void tile_rows(int64_t M, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, int64_t pstride,
+                        bool add, T* C, int64_t ldc, int64_t cols) {
+    int64_t i = 0;
+    for (; i + MR <= M; i += MR) tile<MR, P>(K, A + i * lda, lda, B, ldb, pstride, add, C + i * ldc, ldc, cols);
+    if constexpr (MR > 1)
+      if (i < M) tile_rows<MR / 2, P>(M - i, K, A + i * lda, lda, B, ldb, pstride, add, C + i * ldc, ldc, cols);
   }
 
   // C (M x Nc) (+)= A (M x K) * W^T with W (Nc x K) as it is (row stride ldw): dot products, for
@@ -139,28 +160,27 @@ struct SmallGemm {
   // Unpacked B: row stride ldb > 0.
   static void gemm_b(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* B, int64_t ldb, bool add,
                      T* C, int64_t ldc) {
-    for (int64_t p = 0; p < panels(Nc); ++p) {
-      const T* Bpan = ldb ? B + p * NW : B + p * K * NW;
-      const int64_t ld = ldb ? ldb : NW;
+    const bool packed = ldb == 0;
+    const int64_t pstride = packed ? K * NW : NW, ld = packed ? NW : ldb;
+    const int64_t full = Nc / NW;  // panels without padding
+    int64_t p = 0;
+    if (M < kMR)
+      for (; p + kFewP <= full; p += kFewP)
+        tile_rows<2, kFewP>(M, K, A, lda, B + p * pstride, ld, pstride, add, C + p * NW, ldc, NW);
+    for (; p < panels(Nc); ++p) {
       const int64_t cols = Nc - p * NW < NW ? Nc - p * NW : NW;
+      const T* Bp = B + p * pstride;
       T* Cp = C + p * NW;
-      if (ldb && cols < NW) {  // unpacked, last partial panel: a full-width load would overrun B
+      if (!packed && cols < NW) {  // unpacked, last partial panel: a full-width load would overrun B
         for (int64_t i = 0; i < M; ++i)
           for (int64_t j = 0; j < cols; ++j) {
             T acc = T(0);
-            for (int64_t k = 0; k < K; ++k) acc += A[i * lda + k] * Bpan[k * ld + j];
+            for (int64_t k = 0; k < K; ++k) acc += A[i * lda + k] * Bp[k * ld + j];
             Cp[i * ldc + j] = add ? Cp[i * ldc + j] + acc : acc;
           }
         continue;
       }
-      int64_t i = 0;
-      for (; i + kMR <= M; i += kMR) tile<kMR>(K, A + i * lda, lda, Bpan, ld, add, Cp + i * ldc, ldc, cols);
-      switch (M - i) {
-        case 3: tile<3>(K, A + i * lda, lda, Bpan, ld, add, Cp + i * ldc, ldc, cols); break;
-        case 2: tile<2>(K, A + i * lda, lda, Bpan, ld, add, Cp + i * ldc, ldc, cols); break;
-        case 1: tile<1>(K, A + i * lda, lda, Bpan, ld, add, Cp + i * ldc, ldc, cols); break;
-        default: break;
-      }
+      tile_rows<kMR, 1>(M, K, A, lda, Bp, ld, pstride, add, Cp, ldc, cols);
     }
   }
   static void gemm(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* Bp, bool add, T* C,
