@@ -227,8 +227,12 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("tape"), py::arg("weights"), py::arg("masks"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"));
 
-  m.def("set_num_threads", &blas_set_num_threads, py::arg("n"));
-  m.def("get_num_threads", &blas_get_num_threads);
+  // rnncore runs its own threads (driver.h: team_size); the BLAS works single-threaded inside
+  // them. The team starts as large as the BLAS would have been (OPENBLAS_NUM_THREADS or cores).
+  set_team_size(blas_get_num_threads());
+  blas_set_num_threads(1);
+  m.def("set_num_threads", &set_team_size, py::arg("n"));
+  m.def("get_num_threads", &team_size);
   m.def("blas_corename", &blas_corename);
   m.def("blas_config", &blas_config);
   m.def("kernel_isa", &kernel_isa, "instruction-set build of the pointwise kernels in use");

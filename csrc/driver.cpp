@@ -4,6 +4,7 @@
 #include <cstring>
 #include <numeric>
 #include <system_error>
+#include <atomic>
 #include <thread>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -14,6 +15,12 @@
 #include "dispatch.h"
 
 namespace rnncore {
+
+namespace {
+std::atomic<int> g_team_size{1};
+}
+void set_team_size(int n) { g_team_size.store(n < 1 ? 1 : n); }
+int team_size() { return g_team_size.load(); }
 
 // Subnormal operands and results make x86 take a microcode assist per operation (calls 15-120x
 // slower, measured), so the driver computes with flush-to-zero and denormals-are-zero, on the
@@ -135,8 +142,23 @@ void column_sums(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
     for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
 }
 
-// Runs loop(i0, i1) over contiguous groups of sorted rows, one thread each (the caller runs
-// the first). Groups carry about equal numbers of valid steps; small batches stay on one thread.
+// Runs part(0) .. part(parts - 1), one thread each; the caller runs part 0 (and any part no
+// thread could be had for). Threads start in the caller's floating-point mode.
+template <class F>
+void run_parts(int parts, const F& part) {
+  std::vector<std::thread> team;
+  int q = 1;
+  try {
+    for (; q < parts; ++q) team.emplace_back([&part, q] { part(q); });
+  } catch (const std::system_error&) {  // no thread to be had: the caller runs the rest
+  }
+  part(0);
+  for (; q < parts; ++q) part(q);
+  for (auto& t : team) t.join();
+}
+
+// Runs loop(i0, i1) over contiguous groups of sorted rows, one thread each. Groups carry about
+// equal numbers of valid steps; small batches stay on one thread.
 template <class F>
 void run_row_groups(const Schedule& S, int threads, const F& loop) {
   FlushSubnormals ftz;
@@ -154,19 +176,32 @@ void run_row_groups(const Schedule& S, int threads, const F& loop) {
     acc += S.len[i];
     if (acc * parts >= total * p) cut[p++] = i + 1;
   }
-  std::vector<std::thread> team;
-  int q = 1;
-  try {
-    for (; q < parts; ++q)
-      team.emplace_back([&, q] {
-        FlushSubnormals ftz;
-        loop(cut[q], cut[q + 1]);
-      });
-  } catch (const std::system_error&) {  // no thread to be had: the caller runs the rest
+  run_parts(parts, [&](int q) {
+    FlushSubnormals ftz_worker;
+    loop(cut[q], cut[q + 1]);
+  });
+}
+
+// A large GEMM (as gemm<T>) with its rows of C split over the team, each part a one-thread BLAS
+// call. The BLAS's own thread pool stays at one thread: its idle workers would spin against the
+// time loop's row groups. Every element of C is summed as in a one-part call, so results do not
+// depend on the number of threads.
+template <class T>
+void team_gemm(int threads, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+               const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  constexpr int64_t kRowAlign = 16, kMinFlops = int64_t(1) << 23;
+  int parts = int(std::min<int64_t>(threads, M / (2 * kRowAlign)));
+  if (2 * M * N * K < kMinFlops) parts = 1;
+  if (parts <= 1) {
+    gemm<T>(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    return;
   }
-  loop(cut[0], cut[1]);
-  for (; q < parts; ++q) loop(cut[q], cut[q + 1]);
-  for (auto& t : team) t.join();
+  const int64_t step = ((M + parts - 1) / parts + kRowAlign - 1) / kRowAlign * kRowAlign;
+  run_parts(parts, [&](int q) {
+    const int64_t i0 = std::min(M, q * step), i1 = std::min(M, i0 + step);
+    const T* Aq = ta ? A + i0 : A + i0 * lda;  // A is K x M when transposed
+    gemm<T>(ta, tb, i1 - i0, N, K, Aq, lda, B, ldb, beta, C + i0 * ldc, ldc);
+  });
 }
 
 template <class T>
@@ -243,7 +278,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
   if (L.single_step())
     L.step.gemm_nt(R, L.D, G, xp, L.D, L.w.W_ih, L.D, false, g, W);
   else
-    gemm<T>(false, true, R, G, L.D, xp, L.D, L.w.W_ih, L.D, T(0), g, W);
+    team_gemm<T>(L.threads, false, true, R, G, L.D, xp, L.D, L.w.W_ih, L.D, T(0), g, W);
   for (int64_t s = 0; s < S.T; ++s) zero(g + (S.O[s] + S.B[s]) * W, (S.slot_rows(s) - S.B[s]) * W);
   permute_in(S, h0, H, hs);
   if (cell.has_c) permute_in(S, c0, H, cs);
@@ -366,20 +401,21 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
   // after the loop: one GEMM each for dx, dW_ih and every block of dW_hh
   Buffer<T> xbuf;
   const T* xp = L.slot_input(in, xbuf);
-  gemm<T>(true, false, G, L.D, R, dG, G, xp, L.D, T(0), gr.W_ih, L.D);
+  team_gemm<T>(L.threads, true, false, G, L.D, R, dG, G, xp, L.D, T(0), gr.W_ih, L.D);
   for (int k = 0; k < cell.num_blocks; ++k) {
     const Block& bk = cell.blocks[k];
     const T* op = bk.op_col < 0 ? hs : g + bk.op_col * H;
-    gemm<T>(true, false, (bk.row1 - bk.row0) * H, H, R, dR + bk.row0 * H, G, op, bk.op_col < 0 ? H : W, T(0),
+    team_gemm<T>(L.threads, true, false, (bk.row1 - bk.row0) * H, H, R, dR + bk.row0 * H, G, op,
+                 bk.op_col < 0 ? H : W, T(0),
             gr.W_hh + bk.row0 * H * H, H);
   }
   column_sums(dG, R, G, G, gr.b);
   if (cell.has_b_hn) column_sums(dR + 2 * H, R, H, G, gr.b_hn);
   if (S.natural && L.d == 0) {
-    gemm<T>(false, false, R, L.D, G, dG, G, L.w.W_ih, L.D, T(1), dx, L.D);
+    team_gemm<T>(L.threads, false, false, R, L.D, G, dG, G, L.w.W_ih, L.D, T(1), dx, L.D);
   } else {
     Buffer<T> dxp(R * L.D);
-    gemm<T>(false, false, R, L.D, G, dG, G, L.w.W_ih, L.D, T(0), dxp.data(), L.D);
+    team_gemm<T>(L.threads, false, false, R, L.D, G, dG, G, L.w.W_ih, L.D, T(0), dxp.data(), L.D);
     scatter(S, L.d, dxp.data(), L.D, 0, dx, L.D, true);
   }
 }
@@ -391,7 +427,7 @@ std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params,
                                  const T* c0, const int64_t* lengths, const T* masks, bool train, T* y,
                                  T* h_n, T* c_n) {
   const Kernels<T> kern = kernels<T>(p.cell);
-  const int threads = blas_get_num_threads();
+  const int threads = team_size();
   auto tape = std::make_unique<Tape<T>>(p, lengths);
   const Schedule& S = tape->sched;
   const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
@@ -437,7 +473,7 @@ void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks,
               const T* dc_n, T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads) {
   const Problem& p = tape.p;
   const Kernels<T> kern = kernels<T>(p.cell);
-  const int threads = blas_get_num_threads();
+  const int threads = team_size();
   const Schedule& S = tape.sched;
   const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
   Buffer<T> dy_buf, din_buf;

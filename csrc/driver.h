@@ -93,6 +93,11 @@ struct Tape {
   int64_t bytes() const;
 };
 
+// Threads of one call: the time loop's row groups and the parts of each large GEMM. A call reads
+// it once, when it starts.
+void set_team_size(int n);
+int team_size();
+
 // x (T, N, D); h0, c0 (layers*dirs, N, H) (c0 only for LSTM); lengths (N) or null;
 // masks (layers-1, T, N, dirs*H) or null. Writes y (T, N, dirs*H), h_n, c_n. Returns the tape
 // when train, else null.

@@ -245,3 +245,31 @@ def test_larger_shapes_float32():
         for k in g_r:
             np.testing.assert_allclose(g[k], g_r[k], rtol=1e-3, atol=1e-4 * max(1, np.abs(g_r[k]).max()),
                                        err_msg=k)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_large_gemms_split_over_threads_give_identical_bits(kind):
+    """Shapes large enough that every GEMM before and after the time loop is split over the
+    team: the bits must not change with the number of threads."""
+    rng = np.random.default_rng(10)
+    cls = {"lstm": rnncore.LSTM, "gru": rnncore.GRU, "rnn_tanh": rnncore.RNN}[kind]
+    m = cls(64, 64, num_layers=2, bidirectional=True, seed=4)
+    x = rng.standard_normal((20, 70, 64)).astype(np.float32)
+    lens = rng.integers(1, 21, size=70)
+    dy = rng.standard_normal((20, 70, 128)).astype(np.float32)
+    before = rnncore.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2, 4):
+            rnncore.set_num_threads(n)
+            y, st, tape = m.forward(x, lengths=lens, train=True)
+            out.append((y, m.backward(tape, dy)))
+    finally:
+        rnncore.set_num_threads(before)
+    for y, g in out[1:]:
+        np.testing.assert_array_equal(y, out[0][0])
+        for k in g:
+            np.testing.assert_array_equal(g[k], out[0][1][k], err_msg=k)
+    ref = getattr(rnncore.reference, cls.__name__)(64, 64, num_layers=2, bidirectional=True)
+    ref.load_state_dict(m.state_dict())
+    np.testing.assert_allclose(out[0][0], ref(x.astype(np.float64), lengths=lens)[0], rtol=1e-4, atol=1e-5)
