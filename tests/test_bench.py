@@ -373,3 +373,18 @@ def test_cli_seed_table_delegates(tmp_path, capsys, monkeypatch):
     assert json.load(open(tmp_path / "results.json"))["seed_table"]["result"] == {"rows": [1, 2]}
     cli.main(["--seed-table", "--full", "-q", "--out", str(tmp_path)])
     assert calls["budget"] == "full"
+
+
+def test_step_latency_plumbing():
+    from rnncore.bench import step_latency
+    res = step_latency.run(H=16, steps=3, rounds=1)
+    assert [c["kind"] for c in res["cells"]] == ["rnn_tanh", "lstm", "gru", "gru_after"]
+    for c in res["cells"]:
+        for mode in ("inference", "training"):
+            assert c[mode]["rnncore"] > 0
+        if res["torch"] is not None and c["kind"] != "gru":
+            assert c["inference"]["torch"] > 0 and c["agree"] < 1e-5  # same weights, same step
+    assert "n/a" in step_latency.to_text(res).split("GRU ")[1].splitlines()[0]
+    md = step_latency.to_markdown(res)
+    assert md.count("\n| ") == 1 + len(res["cells"])
+    json.dumps(res)

@@ -81,6 +81,8 @@ def build_parser():
                    help="add a variable-length case for this shape (repeatable)")
     p.add_argument("--no-varlen", action="store_true", help="no variable-length case")
     p.add_argument("--dtype", action="append", metavar="DTYPE", help="float32 (default) and/or float64")
+    p.add_argument("--no-step-latency", action="store_true",
+                   help="skip the cells' one-step latency table (N=1, H=256, against PyTorch's cells)")
     p.add_argument("--threads", action="append", type=_threads, metavar="N",
                    help=f"threads for every peer, repeatable or comma-separated (default {os.cpu_count()} = all cores)")
     p.add_argument("--peer", action="append", metavar="PEER", help="peers to compare with (default: all)")
@@ -238,6 +240,11 @@ def main(argv=None):
         print(f"\nwrote {written['json']} and {written['markdown']}")
         return 0
     results = suite.run(cfg, progress=progress)
+    if not args.no_step_latency:
+        from . import step_latency
+        note = (lambda msg: progress.note(msg)) if progress else None
+        results["step_latency"] = step_latency.run(threads=max(cfg.threads), progress=note,
+                                                   rounds=3 if args.quick else 7)
     if progress:
         progress.done()
     # files first: a closed pipe on stdout loses nothing

@@ -245,6 +245,9 @@ def to_text(results):
         out.append(f"\n== {mode}, {dtype}, {threads} thread{'s' if threads != 1 else ''} ==   "
                    f"(speed-up = peer median / rnncore median; {FLAG} = disagrees with rnncore)")
         out.append(_text_table(*_rows(results, key)))
+    if results.get("step_latency"):
+        from . import step_latency
+        out.append(step_latency.to_text(results["step_latency"]))
     nbusy = sum(_busy(sc) for sc in results["scenarios"])
     if nbusy:
         out.append(f"{BUSY} other processes used more than {100 * BUSY_SHARE:.0f}% of the CPUs during the row: "
@@ -289,6 +292,9 @@ def to_markdown(results, plots=(), plot_note=None, seed_table_md=None):
                 f"median (above 1: rnncore is faster). {FLAG} marks a peer whose outputs disagree with rnncore's: its "
                 f"time is shown but not used.", ""]
         out += ["## Summary", ""] + [f"- {s}" for s in _summary_lines(results)] + [""]
+        if results.get("step_latency"):
+            from . import step_latency
+            out += [step_latency.to_markdown(results["step_latency"])]
         problems = _problems(results)
         if problems:
             out += ["## Disagreements and errors", ""] + [f"- **{p}**" for p in problems] + [""]
