@@ -360,14 +360,18 @@ def test_subnormals_do_not_slow_the_core_down(kind, dtype):
     h0 = np.full((1, N, H), tiny / 4, dtype)
     before = rnncore.get_num_threads()
     rnncore.set_num_threads(1)
+    tries = []
     try:
-        t_normal = _best_time(lambda: fwd_bwd(normal, x))
-        t_sub = _best_time(lambda: fwd_bwd(subnormal, x, (h0, h0) if kind == "lstm" else h0))
-        t_fading = _best_time(lambda: fwd_bwd(fading, x_fading))
+        for _ in range(3):  # other load on the machine comes and goes: the best of three tries
+            t_normal = _best_time(lambda: fwd_bwd(normal, x))
+            t_sub = _best_time(lambda: fwd_bwd(subnormal, x, (h0, h0) if kind == "lstm" else h0))
+            t_fading = _best_time(lambda: fwd_bwd(fading, x_fading))
+            tries.append((t_sub, t_fading, t_normal))
+            if t_sub < 3 * t_normal and t_fading < 3 * t_normal:
+                return
     finally:
         rnncore.set_num_threads(before)
-    assert t_sub < 3 * t_normal, (t_sub, t_normal)
-    assert t_fading < 3 * t_normal, (t_fading, t_normal)
+    raise AssertionError(f"subnormal, fading and normal times per try: {tries}")
 
 
 @pytest.mark.parametrize("kind", CELLS)
