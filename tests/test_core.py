@@ -205,17 +205,12 @@ def test_deterministic():
         np.testing.assert_array_equal(ga[k], gb[k])
 
 
-@pytest.mark.parametrize("kind", CELLS)
-def test_results_do_not_depend_on_threads(kind):
-    rng = np.random.default_rng(8)
-    m = make(kind, np.float32, layers=2, bidirectional=True)
-    x = rng.standard_normal((T, 40, D)).astype(np.float32)
-    lens = rng.integers(1, T + 1, size=40)
-    dy = rng.standard_normal((T, 40, 2 * H)).astype(np.float32)
+def assert_same_bits_for_any_threads(m, x, lens, dy, counts):
+    """Training forward and backward with each thread count: identical bits. Returns y."""
     before = rnncore.get_num_threads()
     out = []
     try:
-        for n in (1, 2, 3):
+        for n in counts:
             rnncore.set_num_threads(n)
             y, st, tape = m.forward(x, lengths=lens, train=True)
             out.append((y, m.backward(tape, dy)))
@@ -225,6 +220,17 @@ def test_results_do_not_depend_on_threads(kind):
         np.testing.assert_array_equal(y, out[0][0])
         for k in g:
             np.testing.assert_array_equal(g[k], out[0][1][k], err_msg=k)
+    return out[0][0]
+
+
+@pytest.mark.parametrize("kind", CELLS)
+def test_results_do_not_depend_on_threads(kind):
+    rng = np.random.default_rng(8)
+    m = make(kind, np.float32, layers=2, bidirectional=True)
+    x = rng.standard_normal((T, 40, D)).astype(np.float32)
+    lens = rng.integers(1, T + 1, size=40)
+    dy = rng.standard_normal((T, 40, 2 * H)).astype(np.float32)
+    assert_same_bits_for_any_threads(m, x, lens, dy, (1, 2, 3))
 
 
 def test_larger_shapes_float32():
@@ -257,19 +263,7 @@ def test_large_gemms_split_over_threads_give_identical_bits(kind):
     x = rng.standard_normal((20, 70, 64)).astype(np.float32)
     lens = rng.integers(1, 21, size=70)
     dy = rng.standard_normal((20, 70, 128)).astype(np.float32)
-    before = rnncore.get_num_threads()
-    out = []
-    try:
-        for n in (1, 2, 4):
-            rnncore.set_num_threads(n)
-            y, st, tape = m.forward(x, lengths=lens, train=True)
-            out.append((y, m.backward(tape, dy)))
-    finally:
-        rnncore.set_num_threads(before)
-    for y, g in out[1:]:
-        np.testing.assert_array_equal(y, out[0][0])
-        for k in g:
-            np.testing.assert_array_equal(g[k], out[0][1][k], err_msg=k)
+    y = assert_same_bits_for_any_threads(m, x, lens, dy, (1, 2, 4))
     ref = getattr(rnncore.reference, cls.__name__)(64, 64, num_layers=2, bidirectional=True)
     ref.load_state_dict(m.state_dict())
-    np.testing.assert_allclose(out[0][0], ref(x.astype(np.float64), lengths=lens)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(y, ref(x.astype(np.float64), lengths=lens)[0], rtol=1e-4, atol=1e-5)
