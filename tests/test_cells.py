@@ -238,3 +238,22 @@ def test_zero_lengths_pass_state_through(kind):
     g, gr = model.backward(tape, dy), ref.backward(rtape, dy)
     for k in gr:
         np.testing.assert_allclose(g[k], gr[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_latency_path_equals_checked_path(kind):
+    """cell(x, state) skips the argument conversion when none is needed; same bits as forward,
+    and arguments that need conversion (views, other containers) still compute the same."""
+    rng = np.random.default_rng(12)
+    cell = make_cell(kind, np.float32)
+    x = rng.standard_normal((3, D)).astype(np.float32)
+    h = rng.standard_normal((3, H)).astype(np.float32)
+    state = (h, h * 0.5) if kind == "lstm" else h
+    fast, checked = cell(x, state), cell.forward(x, state)[0]
+    for a, b in zip(fast if kind == "lstm" else (fast,), checked if kind == "lstm" else (checked,)):
+        np.testing.assert_array_equal(a, b)
+    x_view = np.asfortranarray(x)
+    state_list = [h, h * 0.5] if kind == "lstm" else h[:, ::1]
+    again = cell(x_view, state_list)
+    for a, b in zip(again if kind == "lstm" else (again,), fast if kind == "lstm" else (fast,)):
+        np.testing.assert_array_equal(a, b)

@@ -7,7 +7,7 @@ b (G*H,), b_hn (H,) for the reset_after GRU — the same arrays as the model's W
 
 import numpy as np
 
-from . import models
+from . import _core, models
 
 _SHORT = ("W_ih", "W_hh", "b", "b_hn")
 
@@ -100,7 +100,36 @@ class _Cell:
 
     def __call__(self, x, state=None):
         """One inference step: returns h, or (h, c) for LSTMCell."""
-        return self.forward(x, state)[0]
+        fast = self._fast_step(x, state)
+        return fast if fast is not None else self.forward(x, state)[0]
+
+    def _fast_step(self, x, state):
+        """The latency path: arguments that need no conversion go straight to the core; anything
+        else returns None and takes the checked path, which gives the usual errors."""
+        m = self._model
+        if not (type(x) is np.ndarray and x.dtype == m.dtype and x.ndim == 2 and x.shape[1] == m.input_size
+                and x.flags.c_contiguous and x.flags.aligned):
+            return None
+        shape = (x.shape[0], m.hidden_size)
+        if m._has_c:
+            if state is None:
+                h = c = np.zeros(shape, m.dtype)
+            elif type(state) is tuple and len(state) == 2:
+                h, c = state
+            else:
+                return None
+            parts = (h, c)
+        else:
+            h = np.zeros(shape, m.dtype) if state is None else state
+            c = None
+            parts = (h,)
+        for a in parts:
+            if not (type(a) is np.ndarray and a.dtype == m.dtype and a.shape == shape and a.flags.c_contiguous
+                    and a.flags.aligned):
+                return None
+        _, h_n, c_n, _ = _core.forward(models._CELL_CODES[m.cell], 1, 1, m._weights(), x[None], h[None],
+                                       None if c is None else c[None], None, None, False)
+        return (h_n[0], c_n[0]) if m._has_c else h_n[0]
 
     def forward(self, x, state=None, train=False):
         """One step: returns (new state, tape); the tape is None unless ``train``."""
