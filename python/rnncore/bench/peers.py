@@ -11,6 +11,7 @@ Training computes the loss sum(y * dy) and its gradients with respect to the inp
 states and every parameter.
 """
 
+import abc
 import importlib
 import importlib.util
 import os
@@ -69,7 +70,7 @@ def make_model(module, cell, D, H, dtype):
     return module.GRU(D, H, reset_after=(cell == "gru_after"), dtype=dtype)
 
 
-class Peer:
+class Peer(abc.ABC):
     name = "?"
     label = "?"
     is_baseline = False
@@ -90,8 +91,9 @@ class Peer:
     def version(self):
         return None
 
+    @abc.abstractmethod
     def prepare(self, case, params, inputs):
-        raise NotImplementedError
+        """The callables that run this peer on the case (a Prepared)."""
 
 
 def _state_of(case, inputs):
@@ -112,8 +114,9 @@ def _api_outputs(cell, y, state, grads=None):
 class _ApiPeer(Peer):
     """A peer with rnncore's own Python API: rnncore itself and the NumPy reference."""
 
+    @abc.abstractmethod
     def _module(self):
-        raise NotImplementedError
+        """The module whose RNN/LSTM/GRU classes this peer runs."""
 
     def prepare(self, case, params, inputs):
         model = make_model(self._module(), case.cell, case.D, case.H, case.dtype)
