@@ -430,6 +430,12 @@ def _git_commit():
         return None
 
 
+def _install_kind():
+    """Where rnncore runs from, without this machine's paths: a wheel install or a source tree."""
+    parts = os.path.dirname(rnncore.__file__).split(os.sep)
+    return "site-packages" if "site-packages" in parts else "source tree"
+
+
 def describe_machine(peers, rblas, nblas):
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -438,12 +444,12 @@ def describe_machine(peers, rblas, nblas):
     info = {
         "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "logical_cpus": os.cpu_count(), "usable_cpus": affinity,
         "memory_gib": _mem_gib(), "os": platform.platform(), "python": sys.version.split()[0],
-        "numpy": np.__version__, "rnncore": rnncore.__version__, "rnncore_path": os.path.dirname(rnncore.__file__),
+        "numpy": np.__version__, "rnncore": rnncore.__version__, "rnncore_install": _install_kind(),
         "rnncore_git_commit": _git_commit(),
         "rnncore_blas": rnncore.blas_info(),
-        "rnncore_blas_library": rblas.path if rblas else None,
+        "rnncore_blas_library": os.path.basename(rblas.path) if rblas else None,
         "rnncore_openblas_threads": rblas.get_threads() if rblas else None,
-        "numpy_blas": ({"library": nblas.path, "corename": nblas.corename(), "config": nblas.config(),
+        "numpy_blas": ({"library": os.path.basename(nblas.path), "corename": nblas.corename(), "config": nblas.config(),
                         "threads": nblas.get_threads()} if nblas else None),
         "env": {k: os.environ.get(k, "unset") for k in ENV_VARS},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
