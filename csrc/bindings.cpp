@@ -5,12 +5,20 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <string>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <csignal>
+#define RNNCORE_SIGINT 1
+#endif
 
 #include "blas.h"
 #include "dispatch.h"
 #include "driver.h"
+#include "microbench.h"
+#include "team.h"
 
 namespace py = pybind11;
 using namespace rnncore;
@@ -27,6 +35,81 @@ std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "(";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
   return r + (s.size() == 1 ? ",)" : ")");
+}
+
+// Ctrl-C during a long call. Python's own SIGINT handler only notes the signal for the main
+// thread's next bytecode, which a call in C++ never reaches. During a call on the main thread,
+// a handler of ours also raises the team's interrupt flag, then hands the signal to the handler
+// that was there; the call stops at the next time step (or GEMM) and the binding lets Python
+// run its handler, which raises KeyboardInterrupt.
+int64_t g_main_thread = -1;
+#ifdef RNNCORE_SIGINT
+struct sigaction g_prev_sigint;
+void on_sigint(int sig, siginfo_t* info, void* ctx) {
+  interrupt_flag().store(1);
+  if (g_prev_sigint.sa_flags & SA_SIGINFO) {
+    if (g_prev_sigint.sa_sigaction) g_prev_sigint.sa_sigaction(sig, info, ctx);
+  } else if (g_prev_sigint.sa_handler != SIG_DFL && g_prev_sigint.sa_handler != SIG_IGN) {
+    g_prev_sigint.sa_handler(sig);
+  }
+}
+#endif
+class WatchInterrupt {
+ public:
+  WatchInterrupt() {
+#ifdef RNNCORE_SIGINT
+    if (int64_t(PyThread_get_thread_ident()) != g_main_thread) return;
+    struct sigaction cur;
+    if (sigaction(SIGINT, nullptr, &cur) != 0) return;
+    if (!(cur.sa_flags & SA_SIGINFO) && (cur.sa_handler == SIG_DFL || cur.sa_handler == SIG_IGN)) return;
+    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigint) return;
+    g_prev_sigint = cur;
+    struct sigaction mine = cur;
+    mine.sa_flags |= SA_SIGINFO;
+    mine.sa_sigaction = on_sigint;
+    interrupt_flag().store(0);
+    if (sigaction(SIGINT, &mine, nullptr) != 0) return;
+    active_ = true;
+    watch_interrupt(true);
+#endif
+  }
+  ~WatchInterrupt() {
+#ifdef RNNCORE_SIGINT
+    if (!active_) return;
+    watch_interrupt(false);
+    struct sigaction cur;
+    if (sigaction(SIGINT, nullptr, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigint)
+      sigaction(SIGINT, &g_prev_sigint, nullptr);
+    interrupt_flag().store(0);
+#endif
+  }
+  WatchInterrupt(const WatchInterrupt&) = delete;
+  WatchInterrupt& operator=(const WatchInterrupt&) = delete;
+
+ private:
+  bool active_ = false;
+};
+
+// Runs `work` (the driver) without the GIL, with Ctrl-C watched; an interrupted call raises
+// KeyboardInterrupt, or runs again if the Python handler chose not to raise.
+template <class F>
+void run_released(const F& work) {
+  // rnncore's OpenBLAS works single-threaded inside the team (threadpoolctl may have changed it)
+  if (blas_get_num_threads() != 1) blas_set_num_threads(1);
+  for (;;) {
+    bool stopped = false;
+    {
+      WatchInterrupt watch;
+      py::gil_scoped_release nogil;
+      try {
+        work();
+      } catch (const Interrupted&) {
+        stopped = true;
+      }
+    }
+    if (!stopped) return;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+  }
 }
 
 // The array as a C-contiguous T array of exactly `shape`, or a ValueError/TypeError.
@@ -136,11 +219,10 @@ py::tuple forward_t(const Config& c, const py::list& weights, const py::array& x
     c_n = a;
   }
   std::unique_ptr<Tape<T>> tape;
-  {
-    py::gil_scoped_release nogil;
+  run_released([&] {
     tape = forward<T>(p, params.data(), x.data(), h0.data(), c0, lengths, masks, train, y.mutable_data(),
                       h_n.mutable_data(), c_n_ptr);
-  }
+  });
   py::object t = py::none();
   if (tape) {
     PyTape pt;
@@ -187,11 +269,10 @@ py::tuple backward_t(const Tape<T>& tape, const py::list& weights, const py::obj
     grads.push_back(lg);
     grads_out.append(py::make_tuple(gW, gR, gb, gbhn));
   }
-  {
-    py::gil_scoped_release nogil;
+  run_released([&] {
     backward<T>(tape, params.data(), masks, dy, dh_n, dc_n, dx.mutable_data(), dh0.mutable_data(), dc0_ptr,
                 grads.data());
-  }
+  });
   return py::make_tuple(dx, dh0, dc0, grads_out);
 }
 
@@ -227,13 +308,36 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("tape"), py::arg("weights"), py::arg("masks"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"));
 
-  // rnncore runs its own threads (driver.h: team_size); the BLAS works single-threaded inside
-  // them. The team starts as large as the BLAS would have been (OPENBLAS_NUM_THREADS or cores).
+  // rnncore runs its own threads (team.h); the BLAS works single-threaded inside them. The team
+  // starts as large as the BLAS would have been (OPENBLAS_NUM_THREADS or cores).
   set_team_size(blas_get_num_threads());
   blas_set_num_threads(1);
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<int64_t>();
   m.def("set_num_threads", &set_team_size, py::arg("n"));
   m.def("get_num_threads", &team_size);
+  m.attr("MAX_THREADS") = kMaxThreads;
+  m.def("bench_step_gemm", &bench_step_gemm, py::arg("M"), py::arg("K"), py::arg("N"), py::arg("reps"),
+        py::arg("rounds"), py::call_guard<py::gil_scoped_release>(),
+        "seconds per call of the time loop's GEMM, C (M x N) = A (M x K) B, B packed and hot");
+  m.def("bench_gemv_floor", &bench_gemv_floor, py::arg("rows"), py::arg("K"), py::arg("steps"),
+        py::arg("threads"), py::arg("rounds"), py::call_guard<py::gil_scoped_release>(),
+        "seconds per step of a bare GEMV time loop over the team (one stage boundary per step)");
+  m.def("team_stats", [] {
+    const TeamStats t = team_stats();
+    py::dict d;
+    d["team_calls"] = t.team_calls;
+    d["solo_calls"] = t.solo_calls;
+    d["steals"] = t.steals;
+    d["stalls"] = t.stalls;
+    d["workers"] = t.workers;
+    return d;
+  });
   m.def("blas_corename", &blas_corename);
   m.def("blas_config", &blas_config);
   m.def("kernel_isa", &kernel_isa, "instruction-set build of the pointwise kernels in use");
 }
+
+// For threadpoolctl (rnncore/_threadpool.py): the team's size, read and set through the library
+// file like any native thread pool.
+extern "C" __attribute__((visibility("default"))) int rnncore_get_num_threads() { return team_size(); }
+extern "C" __attribute__((visibility("default"))) void rnncore_set_num_threads(int n) { set_team_size(n); }

@@ -4,8 +4,7 @@
 #include <cstring>
 #include <numeric>
 #include <system_error>
-#include <atomic>
-#include <thread>
+#include <cstdlib>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
@@ -13,14 +12,9 @@
 
 #include "blas.h"
 #include "dispatch.h"
+#include "team.h"
 
 namespace rnncore {
-
-namespace {
-std::atomic<int> g_team_size{1};
-}
-void set_team_size(int n) { g_team_size.store(n < 1 ? 1 : n); }
-int team_size() { return g_team_size.load(); }
 
 // Subnormal operands and results make x86 take a microcode assist per operation (calls 15-120x
 // slower, measured), so the driver computes with flush-to-zero and denormals-are-zero, on the
@@ -142,50 +136,14 @@ void column_sums(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
     for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
 }
 
-// Runs part(0) .. part(parts - 1), one thread each; the caller runs part 0 (and any part no
-// thread could be had for). Threads start in the caller's floating-point mode.
-template <class F>
-void run_parts(int parts, const F& part) {
-  std::vector<std::thread> team;
-  int q = 1;
-  try {
-    for (; q < parts; ++q) team.emplace_back([&part, q] { part(q); });
-  } catch (const std::system_error&) {  // no thread to be had: the caller runs the rest
-  }
-  part(0);
-  for (; q < parts; ++q) part(q);
-  for (auto& t : team) t.join();
-}
-
-// Runs loop(i0, i1) over contiguous groups of sorted rows, one thread each. Groups carry about
-// equal numbers of valid steps; small batches stay on one thread.
-template <class F>
-void run_row_groups(const Schedule& S, int threads, const F& loop) {
-  FlushSubnormals ftz;
-  constexpr int64_t kMinRows = 8;  // below this a group's GEMM loses more than a thread gains
-  const int parts = int(std::max<int64_t>(1, std::min<int64_t>(threads, S.N / kMinRows)));
-  if (parts == 1) {
-    loop(int64_t(0), S.N);
-    return;
-  }
-  const int64_t total = std::accumulate(S.len.begin(), S.len.end(), int64_t(0));
-  std::vector<int64_t> cut(parts + 1, S.N);
-  cut[0] = 0;
-  int64_t acc = 0, p = 1;
-  for (int64_t i = 0; i < S.N && p < parts; ++i) {
-    acc += S.len[i];
-    if (acc * parts >= total * p) cut[p++] = i + 1;
-  }
-  run_parts(parts, [&](int q) {
-    FlushSubnormals ftz_worker;
-    loop(cut[q], cut[q + 1]);
-  });
+void check_interrupt() {
+  if (interrupted()) throw Interrupted();
 }
 
 // A large GEMM (as gemm<T>) with its rows of C split over the team, each part a one-thread BLAS
 // call. The BLAS's own thread pool stays at one thread: its idle workers would spin against the
-// time loop's row groups. Every element of C is summed as in a one-part call, so results do not
-// depend on the number of threads.
+// team. Every element of C is summed as in a one-part call, so results do not depend on the
+// number of threads.
 template <class T>
 void team_gemm(int threads, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
@@ -194,14 +152,66 @@ void team_gemm(int threads, bool ta, bool tb, int64_t M, int64_t N, int64_t K, c
   if (2 * M * N * K < kMinFlops) parts = 1;
   if (parts <= 1) {
     gemm<T>(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    check_interrupt();
     return;
   }
   const int64_t step = ((M + parts - 1) / parts + kRowAlign - 1) / kRowAlign * kRowAlign;
-  run_parts(parts, [&](int q) {
+  const bool done = run_stages(parts, parts, 1, [&](int q, int64_t) {
     const int64_t i0 = std::min(M, q * step), i1 = std::min(M, i0 + step);
     const T* Aq = ta ? A + i0 : A + i0 * lda;  // A is K x M when transposed
     gemm<T>(ta, tb, i1 - i0, N, K, Aq, lda, B, ldb, beta, C + i0 * ldc, ldc);
   });
+  if (!done) throw Interrupted();
+}
+
+// How the time loop's work is split over the team: `rows` groups of batch rows times `cols`
+// slices of the H hidden units. An item (row group r, slice c) computes, at every step, the
+// recurrent GEMM's columns of its units (all gates of each unit) for its rows, then the cell's
+// pointwise pass on them; a slice's rows of W_hh are packed once per call and stay in the cache
+// of the thread that owns the slice. Row groups need no exchange between threads but each reads
+// all of W_hh; slices exchange h_t once per step (the stage boundary) and each reads only its
+// part of W_hh.
+struct Split {
+  int rows = 1, cols = 1;
+  std::vector<int64_t> row_cut{0, 0}, unit_cut{0, 0};
+  int items() const { return rows * cols; }
+};
+
+constexpr int64_t kMinRows = 8;    // a row group's GEMM below this loses more than a thread gains
+constexpr int64_t kUnitAlign = 16; // slices hold multiples of 16 units: whole vectors in the kernels
+
+Split plan_split(const Schedule& S, int64_t H, int threads, bool single_step) {
+  Split sp;
+  const int64_t N = S.N;
+  if (!single_step && threads > 1 && N > 0) {
+    const int max_cols = int(std::max<int64_t>(1, H / kUnitAlign));
+    const int max_rows = int(std::max<int64_t>(1, N / kMinRows));
+    int cols = 1, rows = 1;
+    if (const char* e = std::getenv("RNNCORE_SPLIT")) {  // development override: "RxC"
+      rows = std::max(1, std::atoi(e));
+      const char* x = std::strchr(e, 'x');
+      cols = x ? std::max(1, std::atoi(x + 1)) : 1;
+    } else {
+      cols = std::min(threads, max_cols);
+      rows = std::max(1, std::min(threads / cols, max_rows));
+    }
+    sp.cols = std::min(cols, max_cols);
+    sp.rows = int(std::min<int64_t>(rows, std::max<int64_t>(1, N)));
+  }
+  // row groups carry about equal numbers of valid steps
+  sp.row_cut.assign(sp.rows + 1, N);
+  sp.row_cut[0] = 0;
+  const int64_t total = std::accumulate(S.len.begin(), S.len.end(), int64_t(0));
+  int64_t acc = 0, p = 1;
+  for (int64_t i = 0; i < N && p < sp.rows; ++i) {
+    acc += S.len[i];
+    if (acc * sp.rows >= total * p) sp.row_cut[p++] = i + 1;
+  }
+  // slices: equal shares of whole 16-unit blocks
+  sp.unit_cut.assign(sp.cols + 1, H);
+  const int64_t blocks = (H + kUnitAlign - 1) / kUnitAlign;
+  for (int c = 0; c < sp.cols; ++c) sp.unit_cut[c] = std::min(H, blocks * c / sp.cols * kUnitAlign);
+  return sp;
 }
 
 template <class T>
@@ -212,47 +222,52 @@ struct Layer {  // one layer and direction, as the time loops see it
   const LayerParams<T>& w;
   int64_t D, H;
   int d;
-  int threads;  // for the time loop's row groups
+  int threads;
   int64_t G() const { return cell.gates * H; }
   int64_t W() const { return (cell.gates + cell.extra_cols) * H; }
+  int64_t block_rows(int k) const { return cell.blocks[k].row1 - cell.blocks[k].row0; }
   // A call of one step (the cell API, streaming step by step) is about latency: its products
   // with the weights use dot-product kernels on the weights as they are, with no packing and no
   // BLAS call. They sum in another order than the sequence path: results agree to rounding.
   bool single_step() const { return S.T == 1; }
-  // W_hh's rows of block k for the time loop, packed once (not for a single step).
-  Buffer<T> packed_block(int k, bool transposed) const {
-    if (single_step()) return Buffer<T>();
-    const Block& bk = cell.blocks[k];
-    const int64_t rows = (bk.row1 - bk.row0) * H;
-    const int64_t K = transposed ? H : rows, Nc = transposed ? rows : H;
-    Buffer<T> p(step.packed_size(K, Nc));
-    step.pack(w.W_hh + bk.row0 * H * H, H, transposed, K, Nc, p.data());
-    return p;
-  }
-  // forward, block k: gates (m x rows, ld G) = op (m x H, ld) * W_hh[block]^T
-  void block_forward(int k, const Buffer<T>& packed, int64_t m, const T* op, int64_t ld, T* gates) const {
-    const Block& bk = cell.blocks[k];
-    const int64_t rows = (bk.row1 - bk.row0) * H;
-    if (packed.data())
-      step.gemm(m, H, rows, op, ld, packed.data(), false, gates + bk.row0 * H, G());
-    else
-      step.gemm_nt(m, H, rows, op, ld, w.W_hh + bk.row0 * H * H, H, false, gates + bk.row0 * H, G());
-  }
-  // backward, block k: d_op (m x H) (+)= d_gates[block] (m x rows, ld G) * W_hh[block]
-  void block_backward(int k, const Buffer<T>& packed, int64_t m, const T* dgates, bool add, T* d_op) const {
-    const Block& bk = cell.blocks[k];
-    const int64_t rows = (bk.row1 - bk.row0) * H;
-    if (packed.data())
-      step.gemm(m, rows, H, dgates + bk.row0 * H, G(), packed.data(), add, d_op, H);
-    else
-      step.gemm_nn(m, rows, H, dgates + bk.row0 * H, G(), w.W_hh + bk.row0 * H * H, H, add, d_op, H);
-  }
   // the layer input in slot layout: the natural rows themselves when the map is the identity
   const T* slot_input(const T* in, Buffer<T>& buf) const {
     if (S.natural && d == 0) return in;
     buf = Buffer<T>(S.O[S.T] * D);
     gather(S, d, in, D, D, buf.data());
     return buf.data();
+  }
+};
+
+// W_hh packed by slice, for each block k and slice c. Forward: B = the block's rows of the
+// slice's units, transposed (K = H, columns gate-major, then unit). Backward: B = the block's
+// rows, the slice's columns (K = rows of the block, columns = units).
+template <class T>
+struct PackedSlices {
+  Buffer<T> buf;
+  std::vector<int64_t> off;  // k * cols + c
+  int cols = 1;
+  PackedSlices(const Layer<T>& L, const Split& sp, bool fwd) : cols(sp.cols) {
+    if (L.single_step()) return;
+    int64_t total = 0;
+    for (int k = 0; k < L.cell.num_blocks; ++k)
+      for (int c = 0; c < sp.cols; ++c) {
+        off.push_back(total);
+        const int64_t w = sp.unit_cut[c + 1] - sp.unit_cut[c], rows = L.block_rows(k) * L.H;
+        total += fwd ? L.step.packed_size(L.H, L.block_rows(k) * w) : L.step.packed_size(rows, w);
+      }
+    buf = Buffer<T>(total);
+  }
+  T* at(int k, int c) const { return buf.data() ? buf.data() + off[k * cols + c] : nullptr; }
+  void pack(const Layer<T>& L, const Split& sp, bool fwd, int c) const {
+    const int64_t H = L.H, j0 = sp.unit_cut[c], w = sp.unit_cut[c + 1] - j0;
+    for (int k = 0; k < L.cell.num_blocks; ++k) {
+      const T* rows = L.w.W_hh + L.cell.blocks[k].row0 * H * H;
+      if (fwd)
+        L.step.pack(rows + j0 * H, H, true, H, L.block_rows(k) * w, w, H, at(k, c));
+      else
+        L.step.pack(rows + j0, H, false, L.block_rows(k) * H, w, w, w, at(k, c));
+    }
   }
 };
 
@@ -282,38 +297,63 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
   for (int64_t s = 0; s < S.T; ++s) zero(g + (S.O[s] + S.B[s]) * W, (S.slot_rows(s) - S.B[s]) * W);
   permute_in(S, h0, H, hs);
   if (cell.has_c) permute_in(S, c0, H, cs);
-  Buffer<T> packed[2];
-  for (int k = 0; k < cell.num_blocks; ++k) packed[k] = L.packed_block(k, true);
 
-  // rows [i0, i1) of the batch, all steps; row groups are independent, so they run in parallel
-  auto time_loop = [&](int64_t i0, int64_t i1) {
-    T* rec_rows = rec.data() + i0 * G;
-    Step<T> st;
-    st.H = H;
-    st.ldg = W;
-    st.rec = rec_rows;
-    st.b = L.w.b;
-    st.b_hn = L.w.b_hn;
-    for (int64_t s = 0; s < S.T; ++s) {
-      const int64_t m = std::min(S.B[s], i1) - i0;
-      if (m <= 0) break;
-      st.m = m;
-      st.g = g + (S.O[s] + i0) * W;
-      st.h_prev = hs + (S.O[s] + i0) * H;
-      st.h = hs + (S.O[s + 1] + i0) * H;
-      if (cell.has_c) {
-        st.c_prev = cs + ((c_slots ? S.O[s] : 0) + i0) * H;
-        st.c = cs + ((c_slots ? S.O[s + 1] : 0) + i0) * H;
-      }
-      for (int k = 0; k < cell.num_blocks; ++k) {
-        const Block& bk = cell.blocks[k];
-        const T* op = bk.op_col < 0 ? st.h_prev : st.g + bk.op_col * H;
-        L.block_forward(k, packed[k], m, op, bk.op_col < 0 ? H : W, rec_rows);
-        cell.forward(k, st);
-      }
+  const Split sp = plan_split(S, H, L.threads, L.single_step());
+  const PackedSlices<T> packed(L, sp, true);
+  const int nb = cell.num_blocks;
+  const int64_t first = packed.buf.data() ? 1 : 0;  // stage 0 packs the slices
+
+  // stage first + s * nb + k: block k's GEMM of step s and the cell's phase k, for one item
+  auto item = [&](int it, int64_t stage) {
+    const int r = it / sp.cols, c = it % sp.cols;
+    if (stage < first) {
+      if (r == 0) packed.pack(L, sp, true, c);
+      return;
     }
+    stage -= first;
+    const int64_t s = stage / nb;
+    const int k = int(stage % nb);
+    const int64_t i0 = sp.row_cut[r], i1 = sp.row_cut[r + 1];
+    const int64_t m = std::min(S.B[s], i1) - i0;
+    if (m <= 0) return;
+    const int64_t j0 = sp.unit_cut[c], w = sp.unit_cut[c + 1] - j0;
+    T* rec_it = rec.data() + i0 * G + (i1 - i0) * cell.gates * j0;
+    const int64_t ldr = cell.gates * w;
+    const Block& bk = cell.blocks[k];
+    const T* op = bk.op_col < 0 ? hs + (S.O[s] + i0) * H : g + (S.O[s] + i0) * W + bk.op_col * H;
+    const int64_t ld = bk.op_col < 0 ? H : W;
+    if (const T* B = packed.at(k, c)) {
+      L.step.gemm(m, H, L.block_rows(k) * w, op, ld, B, false, rec_it + bk.row0 * w, ldr);
+    } else {
+      for (int q = bk.row0; q < bk.row1; ++q)
+        L.step.gemm_nt(m, H, w, op, ld, L.w.W_hh + (q * H + j0) * H, H, false, rec_it + q * w, ldr);
+    }
+    Step<T> st;
+    st.m = m;
+    st.n = w;
+    st.H = H;
+    st.g = g + (S.O[s] + i0) * W + j0;
+    st.ldg = W;
+    st.rec = rec_it;
+    st.rs = w;
+    st.b = L.w.b + j0;
+    st.b_hn = L.w.b_hn ? L.w.b_hn + j0 : nullptr;
+    st.h_prev = hs + (S.O[s] + i0) * H + j0;
+    st.h = hs + (S.O[s + 1] + i0) * H + j0;
+    if (cell.has_c) {
+      st.c_prev = cs + ((c_slots ? S.O[s] : 0) + i0) * H + j0;
+      st.c = cs + ((c_slots ? S.O[s + 1] : 0) + i0) * H + j0;
+    }
+    cell.forward(k, st);
   };
-  run_row_groups(S, L.threads, time_loop);
+  {
+    FlushSubnormals ftz;
+    if (!run_stages(L.threads, sp.items(), first + S.T * nb, [&](int it, int64_t stage) {
+          FlushSubnormals ftz_worker;
+          item(it, stage);
+        }))
+      throw Interrupted();
+  }
 
   scatter(S, L.d, hs, H, 1, y + L.d * H, y_ld, false);
   final_state(S, hs, H, h_n);
@@ -362,39 +402,76 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
   Buffer<T> dH(S.N * H), dC(cell.has_c ? S.N * H : 0), dop(S.N * H);
   permute_in(S, dh_n, H, dH.data());
   if (cell.has_c) permute_in(S, dc_n, H, dC.data());
-  Buffer<T> packed[2];
-  for (int k = 0; k < cell.num_blocks; ++k) packed[k] = L.packed_block(k, false);
 
-  auto time_loop = [&](int64_t i0, int64_t i1) {
-    Step<T> st;
-    st.H = H;
-    st.ldg = W;
-    st.dh = dH.data() + i0 * H;
-    st.dc = cell.has_c ? dC.data() + i0 * H : nullptr;
-    st.dop = dop.data() + i0 * H;
-    for (int64_t s = S.T - 1; s >= 0; --s) {
+  const Split sp = plan_split(S, H, L.threads, L.single_step());
+  const PackedSlices<T> packed(L, sp, false);
+  const int nb = cell.num_blocks;
+  const int64_t first = packed.buf.data() ? 1 : 0, pairs = S.T * nb;
+
+  // Pair p = (step s, block k), steps from the last, blocks in reverse: the cell's backward phase
+  // k on the item's units, then (next stage, once every unit's gate gradients are there) block
+  // k's GEMM into the item's units of d h_prev or of the extra operand.
+  auto pair_of = [&](int64_t p, int64_t& s, int& k) {
+    s = S.T - 1 - p / nb;
+    k = nb - 1 - int(p % nb);
+  };
+  auto item = [&](int it, int64_t stage) {
+    const int r = it / sp.cols, c = it % sp.cols;
+    if (stage < first) {
+      if (r == 0) packed.pack(L, sp, false, c);
+      return;
+    }
+    stage -= first;
+    const int64_t i0 = sp.row_cut[r], i1 = sp.row_cut[r + 1];
+    const int64_t j0 = sp.unit_cut[c], w = sp.unit_cut[c + 1] - j0;
+    int64_t s;
+    int k;
+    if (stage > 0) {  // the previous pair's GEMM
+      pair_of(stage - 1, s, k);
       const int64_t m = std::min(S.B[s], i1) - i0;
-      if (m <= 0) continue;
-      st.m = m;
-      st.g = const_cast<T*>(g) + (S.O[s] + i0) * W;  // read only in backward
-      st.h_prev = hs + (S.O[s] + i0) * H;
-      st.h = const_cast<T*>(hs) + (S.O[s + 1] + i0) * H;
-      if (cell.has_c) {
-        st.c_prev = cs + (S.O[s] + i0) * H;
-        st.c = const_cast<T*>(cs) + (S.O[s + 1] + i0) * H;
-      }
-      st.dy = dyp + (S.O[s] + i0) * H;
-      st.dg = dG + (S.O[s] + i0) * G;
-      st.drec = dR + (S.O[s] + i0) * G;
-      for (int k = cell.num_blocks - 1; k >= 0; --k) {
+      if (m > 0) {
         const Block& bk = cell.blocks[k];
-        cell.backward(k, st);
         const bool to_h = bk.op_col < 0;  // d h_prev accumulates; the extra operand's gradient is fresh
-        L.block_backward(k, packed[k], m, st.drec, to_h, to_h ? st.dh : st.dop);
+        T* out = (to_h ? dH.data() : dop.data()) + i0 * H + j0;
+        const T* dgates = dR + (S.O[s] + i0) * G + bk.row0 * H;
+        if (const T* B = packed.at(k, c))
+          L.step.gemm(m, L.block_rows(k) * H, w, dgates, G, B, to_h, out, H);
+        else
+          L.step.gemm_nn(m, L.block_rows(k) * H, w, dgates, G, L.w.W_hh + bk.row0 * H * H + j0, H, to_h, out, H);
       }
     }
+    if (stage == pairs) return;
+    pair_of(stage, s, k);
+    const int64_t m = std::min(S.B[s], i1) - i0;
+    if (m <= 0) return;
+    Step<T> st;
+    st.m = m;
+    st.n = w;
+    st.H = H;
+    st.ldg = W;
+    st.g = const_cast<T*>(g) + (S.O[s] + i0) * W + j0;  // read only in backward
+    st.h_prev = hs + (S.O[s] + i0) * H + j0;
+    st.h = const_cast<T*>(hs) + (S.O[s + 1] + i0) * H + j0;
+    if (cell.has_c) {
+      st.c_prev = cs + (S.O[s] + i0) * H + j0;
+      st.c = const_cast<T*>(cs) + (S.O[s + 1] + i0) * H + j0;
+      st.dc = dC.data() + i0 * H + j0;
+    }
+    st.dy = dyp + (S.O[s] + i0) * H + j0;
+    st.dg = dG + (S.O[s] + i0) * G + j0;
+    st.drec = dR + (S.O[s] + i0) * G + j0;
+    st.dh = dH.data() + i0 * H + j0;
+    st.dop = dop.data() + i0 * H + j0;
+    cell.backward(k, st);
   };
-  run_row_groups(S, L.threads, time_loop);
+  {
+    FlushSubnormals ftz;
+    if (!run_stages(L.threads, sp.items(), first + pairs + 1, [&](int it, int64_t stage) {
+          FlushSubnormals ftz_worker;
+          item(it, stage);
+        }))
+      throw Interrupted();
+  }
   permute_out(S, dH.data(), H, dh0);
   if (cell.has_c) permute_out(S, dC.data(), H, dc0);
 
@@ -406,8 +483,7 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
     const Block& bk = cell.blocks[k];
     const T* op = bk.op_col < 0 ? hs : g + bk.op_col * H;
     team_gemm<T>(L.threads, true, false, (bk.row1 - bk.row0) * H, H, R, dR + bk.row0 * H, G, op,
-                 bk.op_col < 0 ? H : W, T(0),
-            gr.W_hh + bk.row0 * H * H, H);
+                 bk.op_col < 0 ? H : W, T(0), gr.W_hh + bk.row0 * H * H, H);
   }
   column_sums(dG, R, G, G, gr.b);
   if (cell.has_b_hn) column_sums(dR + 2 * H, R, H, G, gr.b_hn);

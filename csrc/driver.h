@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 #include <memory>
 #include <new>
 #include <vector>
@@ -93,10 +94,11 @@ struct Tape {
   int64_t bytes() const;
 };
 
-// Threads of one call: the time loop's row groups and the parts of each large GEMM. A call reads
-// it once, when it starts.
-void set_team_size(int n);
-int team_size();
+// Thrown by forward and backward when interrupt_flag() (team.h) was set during the call: the
+// call stopped at a stage boundary, freed its workspace and wrote nothing the caller keeps.
+struct Interrupted : std::exception {
+  const char* what() const noexcept override { return "interrupted"; }
+};
 
 // x (T, N, D); h0, c0 (layers*dirs, N, H) (c0 only for LSTM); lengths (N) or null;
 // masks (layers-1, T, N, dirs*H) or null. Writes y (T, N, dirs*H), h_n, c_n. Returns the tape

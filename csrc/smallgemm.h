@@ -38,16 +38,31 @@ struct SmallGemm {
   static int64_t panels(int64_t Nc) { return (Nc + NW - 1) / NW; }
   static int64_t packed_size(int64_t K, int64_t Nc) { return panels(Nc) * K * NW; }
 
-  // B[k][n] = trans ? src[n * ld + k] : src[k * ld + n]
-  static void pack(const T* src, int64_t ld, bool trans, int64_t K, int64_t Nc, T* Bp) {
-    for (int64_t p = 0; p < panels(Nc); ++p)
-      for (int64_t k = 0; k < K; ++k) {
-        T* dst = Bp + (p * K + k) * NW;
-        for (int64_t c = 0; c < NW; ++c) {
-          const int64_t n = p * NW + c;
-          dst[c] = n >= Nc ? T(0) : trans ? src[n * ld + k] : src[k * ld + n];
-        }
+  // B[k][n] = trans ? src[e(n) * ld + k] : src[k * ld + e(n)], where e(n) = (n / group) * gstride
+  // + n % group gathers groups of `group` columns `gstride` apart (a unit slice of every gate).
+  static void pack(const T* src, int64_t ld, bool trans, int64_t K, int64_t Nc, int64_t group, int64_t gstride,
+                   T* Bp) {
+    for (int64_t p = 0; p < panels(Nc); ++p) {
+      int64_t e[NW];  // source column (or row, transposed) of each of the panel's columns; -1: padding
+      for (int c = 0; c < NW; ++c) {
+        const int64_t n = p * NW + c;
+        e[c] = n >= Nc ? -1 : (n / group) * gstride + n % group;
       }
+      T* dst = Bp + p * K * NW;
+      if (trans) {  // column c of the panel is row e[c] of src: read each row in order
+        for (int c = 0; c < NW; ++c) {
+          if (e[c] < 0) {
+            for (int64_t k = 0; k < K; ++k) dst[k * NW + c] = T(0);
+            continue;
+          }
+          const T* row = src + e[c] * ld;
+          for (int64_t k = 0; k < K; ++k) dst[k * NW + c] = row[k];
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k)
+          for (int c = 0; c < NW; ++c) dst[k * NW + c] = e[c] < 0 ? T(0) : src[k * ld + e[c]];
+      }
+    }
   }
 
   static V load(const T* p) {

@@ -1,6 +1,9 @@
 // What the driver hands a cell's pointwise kernels for one time step: rows [0, m) of the
-// batch rows still running at that step (the driver keeps them first). Every matrix is
-// row-major; the leading dimension is given where it is not the obvious one.
+// batch rows still running at that step (the driver keeps them first), hidden units [0, n) of a
+// slice of the H units (the pointers start at the slice's first unit; a thread of the team owns
+// a slice, with all of its units' gates). Every matrix is row-major; the leading dimension is
+// given where it is not the obvious one. Gate k of unit j sits at column k * H + j of g, b, dg
+// and drec, and at column k * rs + j of rec.
 #pragma once
 #include <cstdint>
 
@@ -9,12 +12,14 @@ namespace rnncore {
 template <class T>
 struct Step {
   int64_t m = 0;  // rows this step
-  int64_t H = 0;  // hidden size
+  int64_t n = 0;  // units of the slice
+  int64_t H = 0;  // hidden size: the gate stride of g, b, dg, drec, the row stride of states
 
   // Forward.
   T* g = nullptr;            // (m, ldg): in, the input projection in columns [0, G*H);
   int64_t ldg = 0;           //   out, the cell's cache (activated gates, extras), in place
-  const T* rec = nullptr;    // (m, G*H): the recurrent GEMM's result, block by block
+  const T* rec = nullptr;    // (m, G*rs): the recurrent GEMM's result for the slice, block by block
+  int64_t rs = 0;            //   its gate stride
   const T* b = nullptr;      // (G*H,)
   const T* b_hn = nullptr;   // (H,), GRU reset_after only
   const T* h_prev = nullptr; // (m, H)
@@ -63,8 +68,9 @@ struct CellSpec {
 template <class T>
 struct StepGemm {
   int64_t (*packed_size)(int64_t K, int64_t Nc) = nullptr;
-  // B[k][n] = trans ? src[n * ld + k] : src[k * ld + n]
-  void (*pack)(const T* src, int64_t ld, bool trans, int64_t K, int64_t Nc, T* Bp) = nullptr;
+  // B[k][n] = trans ? src[e(n) * ld + k] : src[k * ld + e(n)], e(n) = (n / group) * gstride + n % group
+  void (*pack)(const T* src, int64_t ld, bool trans, int64_t K, int64_t Nc, int64_t group, int64_t gstride,
+               T* Bp) = nullptr;
   void (*gemm)(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* Bp, bool add, T* C,
                int64_t ldc) = nullptr;
   // Unpacked weights, for a single step. C (+)= A * W^T, W (Nc x K) row-major:

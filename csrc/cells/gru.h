@@ -26,19 +26,20 @@ struct GRUCell {
 
   template <class T>
   static void forward(int phase, const Step<T>& s) {
-    const int64_t H = s.H, G = 3 * H;
+    const int64_t H = s.H, n = s.n;
     for (int64_t i = 0; i < s.m; ++i) {
       T* __restrict g = s.g + i * s.ldg;
-      const T* __restrict r = s.rec + i * G;
+      const T* __restrict r = s.rec + i * 3 * s.rs;
+      const int64_t rs = s.rs;
       const T* b = s.b;
       const T* __restrict hp = s.h_prev + i * H;
       T* __restrict h = s.h + i * H;
       if (ResetAfter) {
         RNNCORE_IVDEP
-        for (int64_t j = 0; j < H; ++j) {
+        for (int64_t j = 0; j < n; ++j) {
           const T rg = sigmoid(g[j] + r[j] + b[j]);
-          const T zg = sigmoid(g[H + j] + r[H + j] + b[H + j]);
-          const T hn = r[2 * H + j] + s.b_hn[j];
+          const T zg = sigmoid(g[H + j] + r[rs + j] + b[H + j]);
+          const T hn = r[2 * rs + j] + s.b_hn[j];
           const T ng = tanh_act(g[2 * H + j] + b[2 * H + j] + rg * hn);
           h[j] = (T(1) - zg) * hp[j] + zg * ng;  // as SPEC.md writes it: an infinite h_prev stays infinite
           g[j] = rg;
@@ -48,16 +49,16 @@ struct GRUCell {
         }
       } else if (phase == 0) {
         RNNCORE_IVDEP
-        for (int64_t j = 0; j < H; ++j) {
+        for (int64_t j = 0; j < n; ++j) {
           const T rg = sigmoid(g[j] + r[j] + b[j]);
           g[j] = rg;
-          g[H + j] = sigmoid(g[H + j] + r[H + j] + b[H + j]);
+          g[H + j] = sigmoid(g[H + j] + r[rs + j] + b[H + j]);
           g[3 * H + j] = rg * hp[j];
         }
       } else {
         RNNCORE_IVDEP
-        for (int64_t j = 0; j < H; ++j) {
-          const T ng = tanh_act(g[2 * H + j] + r[2 * H + j] + b[2 * H + j]);
+        for (int64_t j = 0; j < n; ++j) {
+          const T ng = tanh_act(g[2 * H + j] + r[2 * rs + j] + b[2 * H + j]);
           const T zg = g[H + j];
           h[j] = (T(1) - zg) * hp[j] + zg * ng;  // as SPEC.md writes it: an infinite h_prev stays infinite
           g[2 * H + j] = ng;
@@ -70,7 +71,7 @@ struct GRUCell {
   // dop = dn_pre W_hn, then phase 0 (r and z).
   template <class T>
   static void backward(int phase, const Step<T>& s) {
-    const int64_t H = s.H, G = 3 * H;
+    const int64_t H = s.H, n = s.n, G = 3 * H;
     for (int64_t i = 0; i < s.m; ++i) {
       const T* __restrict g = s.g + i * s.ldg;
       const T* __restrict hp = s.h_prev + i * H;
@@ -80,7 +81,7 @@ struct GRUCell {
       if (ResetAfter) {
         T* __restrict dr = s.drec + i * G;
         RNNCORE_IVDEP
-        for (int64_t j = 0; j < H; ++j) {
+        for (int64_t j = 0; j < n; ++j) {
           const T rg = g[j], zg = g[H + j], ng = g[2 * H + j], hn = g[3 * H + j];
           const T dht = dh[j] + dy[j];
           const T dn = dht * zg * (T(1) - ng * ng);
@@ -96,7 +97,7 @@ struct GRUCell {
         }
       } else if (phase == 1) {
         RNNCORE_IVDEP
-        for (int64_t j = 0; j < H; ++j) {
+        for (int64_t j = 0; j < n; ++j) {
           const T zg = g[H + j], ng = g[2 * H + j];
           const T dht = dh[j] + dy[j];
           dg[2 * H + j] = dht * zg * (T(1) - ng * ng);
@@ -106,7 +107,7 @@ struct GRUCell {
       } else {
         const T* __restrict dop = s.dop + i * H;
         RNNCORE_IVDEP
-        for (int64_t j = 0; j < H; ++j) {
+        for (int64_t j = 0; j < n; ++j) {
           const T rg = g[j], zg = g[H + j];
           dg[j] = dop[j] * hp[j] * rg * (T(1) - rg);
           dg[H + j] *= zg * (T(1) - zg);

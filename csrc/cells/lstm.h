@@ -19,24 +19,25 @@ struct LSTMCell {
 
   template <class T>
   static void forward(int /*phase*/, const Step<T>& s) {
-    const int64_t H = s.H, G = 4 * H;
+    const int64_t H = s.H, n = s.n;
     for (int64_t i = 0; i < s.m; ++i) {
       // one pointer per gate, so the compiler knows the four column blocks are disjoint
       T* __restrict gi = s.g + i * s.ldg;
       T* __restrict gf = gi + H;
       T* __restrict gg = gi + 2 * H;
       T* __restrict go = gi + 3 * H;
-      const T* __restrict r = s.rec + i * G;
+      const T* __restrict r = s.rec + i * 4 * s.rs;
+      const int64_t rs = s.rs;
       const T* __restrict b = s.b;
       const T* cp = s.c_prev + i * H;  // may alias c
       T* c = s.c + i * H;
       T* __restrict h = s.h + i * H;
       RNNCORE_IVDEP
-      for (int64_t j = 0; j < H; ++j) {
+      for (int64_t j = 0; j < n; ++j) {
         const T i_ = sigmoid(gi[j] + r[j] + b[j]);
-        const T f_ = sigmoid(gf[j] + r[H + j] + b[H + j]);
-        const T g_ = tanh_act(gg[j] + r[2 * H + j] + b[2 * H + j]);
-        const T o_ = sigmoid(go[j] + r[3 * H + j] + b[3 * H + j]);
+        const T f_ = sigmoid(gf[j] + r[rs + j] + b[H + j]);
+        const T g_ = tanh_act(gg[j] + r[2 * rs + j] + b[2 * H + j]);
+        const T o_ = sigmoid(go[j] + r[3 * rs + j] + b[3 * H + j]);
         const T ct = f_ * cp[j] + i_ * g_;
         c[j] = ct;
         h[j] = o_ * tanh_act(ct);
@@ -50,7 +51,7 @@ struct LSTMCell {
 
   template <class T>
   static void backward(int /*phase*/, const Step<T>& s) {
-    const int64_t H = s.H, G = 4 * H;
+    const int64_t H = s.H, n = s.n, G = 4 * H;
     for (int64_t i = 0; i < s.m; ++i) {
       const T* __restrict g = s.g + i * s.ldg;
       const T* __restrict cp = s.c_prev + i * H;
@@ -63,7 +64,7 @@ struct LSTMCell {
       T* __restrict dgg = di + 2 * H;
       T* __restrict do_ = di + 3 * H;
       RNNCORE_IVDEP
-      for (int64_t j = 0; j < H; ++j) {
+      for (int64_t j = 0; j < n; ++j) {
         const T ig = g[j], fg = g[H + j], gg = g[2 * H + j], og = g[3 * H + j];
         const T tc = tanh_act(c[j]);
         const T dht = dh[j] + dy[j];

@@ -29,26 +29,26 @@ struct SimpleRNNCell {
 
   template <class T>
   static void forward(int /*phase*/, const Step<T>& s) {
-    const int64_t H = s.H;
+    const int64_t H = s.H, n = s.n;
     for (int64_t i = 0; i < s.m; ++i) {
       const T* __restrict a = s.g + i * s.ldg;
-      const T* __restrict r = s.rec + i * H;
+      const T* __restrict r = s.rec + i * s.rs;
       T* __restrict h = s.h + i * H;
       RNNCORE_IVDEP
-      for (int64_t j = 0; j < H; ++j) h[j] = Act::f(a[j] + r[j] + s.b[j]);
+      for (int64_t j = 0; j < n; ++j) h[j] = Act::f(a[j] + r[j] + s.b[j]);
     }
   }
 
   template <class T>
   static void backward(int /*phase*/, const Step<T>& s) {
-    const int64_t H = s.H;
+    const int64_t H = s.H, n = s.n;
     for (int64_t i = 0; i < s.m; ++i) {
       const T* __restrict h = s.h + i * H;
       const T* __restrict dy = s.dy + i * H;
       T* __restrict dh = s.dh + i * H;
       T* __restrict dg = s.dg + i * H;
       RNNCORE_IVDEP
-      for (int64_t j = 0; j < H; ++j) {
+      for (int64_t j = 0; j < n; ++j) {
         dg[j] = (dh[j] + dy[j]) * Act::df_from_out(h[j]);
         dh[j] = T(0);
       }

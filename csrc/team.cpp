@@ -1,0 +1,358 @@
+#include "team.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define RNNCORE_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define RNNCORE_PAUSE() __asm__ __volatile__("yield")
+#else
+#define RNNCORE_PAUSE() ((void)0)
+#endif
+
+namespace rnncore {
+
+namespace {
+
+std::atomic<int> g_team_size{1};
+std::atomic<int> g_interrupt{0};
+thread_local bool tl_watch = false;
+std::atomic<int64_t> g_team_calls{0}, g_solo_calls{0}, g_steals{0}, g_workers{0};
+
+using Clock = std::chrono::steady_clock;
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+// Sleeping until a 32-bit word changes: a futex on Linux, a condition variable elsewhere.
+#if defined(__linux__)
+void sleep_while(std::atomic<uint32_t>& word, uint32_t value) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, value, nullptr, nullptr, 0);
+}
+void wake_all(std::atomic<uint32_t>& word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
+}
+#else
+std::mutex& sleep_mutex() {
+  static std::mutex* m = new std::mutex;
+  return *m;
+}
+std::condition_variable& sleep_cv() {
+  static std::condition_variable* cv = new std::condition_variable;
+  return *cv;
+}
+void sleep_while(std::atomic<uint32_t>& word, uint32_t value) {
+  std::unique_lock<std::mutex> lock(sleep_mutex());
+  sleep_cv().wait_for(lock, std::chrono::milliseconds(1), [&] { return word.load() != value; });
+}
+void wake_all(std::atomic<uint32_t>&) {
+  std::lock_guard<std::mutex> lock(sleep_mutex());
+  sleep_cv().notify_all();
+}
+#endif
+
+// How long a waiting thread spins before it takes over unstarted items, and before it sleeps.
+constexpr int64_t kStealAfterNs = 20000;
+constexpr int64_t kSleepAfterNs = 100000;
+// A wait for an item another thread has started counts as a stall (that thread has lost its
+// core) past this, plus a few times the waiting thread's own last item.
+constexpr int64_t kStallNs = 100000;
+// Items taken over from late partners in one job before the thread goes on alone.
+constexpr int kStealsForStall = 8;
+// How long an idle worker spins for the next call before it sleeps.
+constexpr int64_t kIdleSpinNs = 100000;
+// After a stalled call, calls run on their caller alone for a while, twice as long after each
+// stall in a row, from 10 ms up to 1 s; a call on the team without a stall resets it.
+constexpr int64_t kBackoffMinNs = 10000000, kBackoffMaxNs = 1000000000;
+std::atomic<int64_t> g_alone_until{0}, g_backoff{kBackoffMinNs}, g_stalls{0};
+
+struct Job {
+  StageWork* work = nullptr;
+  int items = 0, n = 1;
+  int64_t stages = 0;
+  std::unique_ptr<std::atomic<int64_t>[]> claimed;  // item i is claimed for stages < claimed[i]
+  std::atomic<int64_t> done{0};                      // items finished, all stages together
+  std::atomic<int> in_flight{0};
+  std::atomic<bool> stop{false};
+  // Once a thread has waited too long for another's item, it alone runs the rest of the job:
+  // the others finish the item they hold and stop claiming.
+  std::atomic<int> owner{-1};
+  std::atomic<int> stolen{0};
+  std::atomic<int> joined{1};  // the caller, then each worker as it starts on the job
+  std::atomic<int> sleepers{0};
+  std::atomic<uint32_t> wake{0};
+
+  bool claim(int i, int64_t j) {
+    int64_t expect = j;
+    return claimed[i].load(std::memory_order_relaxed) == j && claimed[i].compare_exchange_strong(expect, j + 1);
+  }
+  // Runs item i of stage j if no one has; false when the job has stopped.
+  bool try_run(int i, int64_t j) {
+    if (!claim(i, j)) return true;
+    in_flight.fetch_add(1);
+    if (stop.load()) {
+      in_flight.fetch_sub(1);
+      return false;
+    }
+    work->run(i, j);
+    finish(j);
+    in_flight.fetch_sub(1);
+    return true;
+  }
+  void finish(int64_t j) {
+    const int64_t d = done.fetch_add(1) + 1;
+    if ((d == (j + 1) * items || d == stages * items) && sleepers.load() > 0) notify();
+  }
+  void notify() {
+    wake.fetch_add(1);
+    wake_all(wake);
+  }
+  void take_over(int q) {
+    int expect = -1;
+    if (owner.compare_exchange_strong(expect, q)) g_stalls.fetch_add(1, std::memory_order_relaxed);
+  }
+  bool excluded(int q) const {
+    const int o = owner.load(std::memory_order_relaxed);
+    return o >= 0 && o != q;
+  }
+  // Waits until `target` items are done. Thread q takes over unstarted items of stage j after a
+  // while (if it may), and declares a stall when an item another thread holds keeps it waiting.
+  bool wait_for(int64_t target, int64_t j, int q, int64_t own_ns) {
+    if (done.load(std::memory_order_acquire) >= target) return true;
+    const int64_t t0 = now_ns();
+    bool stole = false;
+    for (int spin = 0;; ++spin) {
+      if (done.load(std::memory_order_acquire) >= target) return true;
+      if (stop.load(std::memory_order_relaxed)) return false;
+      RNNCORE_PAUSE();
+      if ((spin & 31) != 31) continue;
+      const int64_t waited = now_ns() - t0;
+      if (!stole && waited > kStealAfterNs && !excluded(q)) {
+        stole = true;
+        for (int i = 0; i < items; ++i) {
+          if (claimed[i].load(std::memory_order_relaxed) != j) continue;
+          const int64_t before = done.load();
+          if (!try_run(i, j)) return false;
+          if (done.load() != before) {
+            g_steals.fetch_add(1, std::memory_order_relaxed);
+            // A partner that keeps falling behind has lost its core: go on alone. (A worker that
+            // has not joined yet is still waking up or starting: that is no stall.)
+            if (joined.load() == n && stolen.fetch_add(1) + 1 >= kStealsForStall) take_over(q);
+          }
+        }
+      } else if (stole && owner.load(std::memory_order_relaxed) < 0 && waited > kStallNs + 4 * own_ns) {
+        take_over(q);
+      } else if (waited > kSleepAfterNs) {
+        const uint32_t w = wake.load();
+        sleepers.fetch_add(1);
+        if (done.load() < target && !stop.load()) sleep_while(wake, w);
+        sleepers.fetch_sub(1);
+      }
+    }
+  }
+  // Thread q's part: its home items of every stage (every item once it owns the job), then the
+  // wait for the stage. A thread shut out by another's ownership waits for the end (the caller)
+  // or leaves (a worker).
+  bool participate(int q, bool is_caller) {
+    if (!is_caller) joined.fetch_add(1);
+    int64_t own_ns = 0;
+    for (int64_t j = 0; j < stages; ++j) {
+      if (is_caller && interrupted()) {
+        stop.store(true);
+        notify();
+        return false;
+      }
+      if (excluded(q)) return is_caller ? wait_for(stages * items, stages - 1, q, 0) : true;
+      const bool all = owner.load(std::memory_order_relaxed) == q;
+      const int64_t t0 = now_ns();
+      for (int i = all ? 0 : q; i < items; i += all ? 1 : n)
+        if (!try_run(i, j)) return false;
+      own_ns = now_ns() - t0;
+      if (!wait_for((j + 1) * items, j, q, own_ns)) return false;
+    }
+    return true;
+  }
+};
+
+class Team {
+ public:
+  // A call's turn: the team if it is free, else nothing (the call runs alone).
+  bool acquire() {
+    bool expect = false;
+    return busy_.compare_exchange_strong(expect, true);
+  }
+  void release() { busy_.store(false); }
+
+  // Hands `job` to workers 1 .. job->n - 1 (started here if need be), runs part 0 on the calling
+  // thread and returns when the job is complete or has stopped.
+  bool run(const std::shared_ptr<Job>& job) {
+    grow(job->n - 1);
+    if (job->n > workers_ + 1) job->n = workers_ + 1;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = job;
+    }
+    seq_.fetch_add(1);
+    if (idle_sleepers_.load() > 0) wake_all(seq_);
+    bool ok;
+    try {
+      ok = job->participate(0, true);
+    } catch (...) {  // stop the others before the work they reference goes away
+      job->stop.store(true);
+      job->notify();
+      while (job->in_flight.load() > 0) std::this_thread::yield();
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_.reset();
+      throw;
+    }
+    if (!ok) {
+      job->stop.store(true);
+      job->notify();
+      while (job->in_flight.load() > 0) std::this_thread::yield();
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    job_.reset();
+    return ok;
+  }
+
+ private:
+  void grow(int want) {
+    while (int(workers_) < want) {
+      const int q = workers_ + 1;
+      const uint32_t seen = seq_.load();  // before the job is published: the worker takes it
+      try {
+        std::thread([this, q, seen] { worker(q, seen); }).detach();
+      } catch (const std::system_error&) {
+        return;  // no thread to be had: the ones there are (and stealing) do the work
+      }
+      ++workers_;
+      g_workers.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  void worker(int q, uint32_t seen) {
+    for (;;) {
+      // wait for the next call: spin a little, then sleep
+      const int64_t t0 = now_ns();
+      for (int spin = 0; seq_.load(std::memory_order_acquire) == seen; ++spin) {
+        RNNCORE_PAUSE();
+        if ((spin & 63) == 63 && now_ns() - t0 > kIdleSpinNs) {
+          idle_sleepers_.fetch_add(1);
+          if (seq_.load() == seen) sleep_while(seq_, seen);
+          idle_sleepers_.fetch_sub(1);
+        }
+      }
+      seen = seq_.load();
+      std::shared_ptr<Job> job;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        job = job_;
+      }
+      if (job && q < job->n) job->participate(q, false);
+    }
+  }
+
+  std::atomic<bool> busy_{false};
+  std::atomic<uint32_t> seq_{0};
+  std::atomic<int> idle_sleepers_{0};
+  std::mutex mutex_;
+  std::shared_ptr<Job> job_;
+  int workers_ = 0;  // changed only by the call that holds the team
+};
+
+std::atomic<Team*> g_team{nullptr};
+
+void forget_team_after_fork() {
+  // The child has none of the parent's threads: leave the old team (its workers do not exist
+  // here, its locks may be held) and start a new one on the next call.
+  g_team.store(nullptr);
+}
+
+Team* team() {
+  Team* t = g_team.load();
+  if (t) return t;
+  static std::once_flag atfork;
+#if defined(__unix__) || defined(__APPLE__)
+  std::call_once(atfork, [] { pthread_atfork(nullptr, nullptr, &forget_team_after_fork); });
+#else
+  (void)atfork;
+#endif
+  Team* fresh = new Team;  // never deleted: workers may outlive any static destructor
+  if (g_team.compare_exchange_strong(t, fresh)) return fresh;
+  delete fresh;
+  return t;
+}
+
+bool run_alone(int items, int64_t stages, StageWork& work) {
+  for (int64_t j = 0; j < stages; ++j) {
+    if (interrupted()) return false;
+    for (int i = 0; i < items; ++i) work.run(i, j);
+  }
+  return true;
+}
+
+}  // namespace
+
+void set_team_size(int n) { g_team_size.store(n < 1 ? 1 : n > kMaxThreads ? kMaxThreads : n); }
+int team_size() { return g_team_size.load(); }
+std::atomic<int>& interrupt_flag() { return g_interrupt; }
+void watch_interrupt(bool on) { tl_watch = on; }
+bool interrupted() { return tl_watch && g_interrupt.load(std::memory_order_relaxed) != 0; }
+
+TeamStats team_stats() {
+  return {g_team_calls.load(), g_solo_calls.load(), g_steals.load(), g_stalls.load(), g_workers.load()};
+}
+
+bool run_stages(int threads, int items, int64_t stages, StageWork& work) {
+  const int n = threads < items ? threads : items;
+  if (n <= 1 || stages <= 0) return run_alone(items, stages, work);
+  if (now_ns() < g_alone_until.load(std::memory_order_relaxed)) {
+    g_solo_calls.fetch_add(1, std::memory_order_relaxed);
+    return run_alone(items, stages, work);
+  }
+  Team* t = team();
+  if (!t->acquire()) {
+    g_solo_calls.fetch_add(1, std::memory_order_relaxed);
+    return run_alone(items, stages, work);
+  }
+  g_team_calls.fetch_add(1, std::memory_order_relaxed);
+  auto job = std::make_shared<Job>();
+  job->work = &work;
+  job->items = items;
+  job->n = n;
+  job->stages = stages;
+  job->claimed.reset(new std::atomic<int64_t>[items]);
+  for (int i = 0; i < items; ++i) job->claimed[i].store(0);
+  bool ok;
+  try {
+    ok = t->run(job);
+  } catch (...) {
+    t->release();
+    throw;
+  }
+  t->release();
+  if (job->owner.load() >= 0) {  // a stall: run alone for a while
+    const int64_t b = g_backoff.load();
+    g_alone_until.store(now_ns() + b);
+    g_backoff.store(b * 2 > kBackoffMaxNs ? kBackoffMaxNs : b * 2);
+  } else {
+    g_backoff.store(kBackoffMinNs);
+  }
+  return ok;
+}
+
+}  // namespace rnncore

@@ -1,0 +1,63 @@
+// rnncore's threads: one team that lives across calls and sleeps when idle.
+//
+// Work is handed to the team as a sequence of stages, each made of the same number of items:
+// stage j + 1 starts only once every item of stage j has finished, and an item of a stage is
+// computed by exactly one thread. Item i's home is thread i % n: a thread first does the items of
+// its home, so a thread keeps meeting the same data (its slice of W_hh stays in its own caches).
+// A thread that has finished its own items and has waited a while for the stage to complete
+// takes over the items no one has started yet, so a team member that the OS has descheduled (a
+// busy core) does not hold the others up. Waiting spins briefly, then sleeps.
+//
+// Results never depend on which thread computed an item, nor on how many threads there are: the
+// caller makes every item compute the same numbers whoever runs it.
+#pragma once
+#include <atomic>
+#include <cstdint>
+
+namespace rnncore {
+
+// Threads a call may use (set_num_threads); the team grows to it on demand.
+constexpr int kMaxThreads = 1024;
+void set_team_size(int n);
+int team_size();
+
+// An interruption request (a signal arrived): set from a signal handler, cleared by the caller.
+// A call whose calling thread watches it (watch_interrupt) stops at the next stage boundary.
+std::atomic<int>& interrupt_flag();
+void watch_interrupt(bool on);  // for the calling thread
+bool interrupted();             // the calling thread watches, and the flag is set
+
+// One call's work: `work(item, stage)` for stages [0, stages) and items [0, items).
+class StageWork {
+ public:
+  virtual void run(int item, int64_t stage) = 0;
+
+ protected:
+  ~StageWork() = default;
+};
+
+// Runs `work` on up to `threads` threads (the caller is one of them). Returns false when it
+// stopped early because interrupt_flag() was set; every item that started has then finished.
+// If another call is using the team, this one runs on the calling thread alone.
+bool run_stages(int threads, int items, int64_t stages, StageWork& work);
+
+template <class F>
+bool run_stages(int threads, int items, int64_t stages, const F& f) {
+  struct W final : StageWork {
+    const F& f;
+    explicit W(const F& f) : f(f) {}
+    void run(int item, int64_t stage) override { f(item, stage); }
+  } w(f);
+  return run_stages(threads, items, stages, static_cast<StageWork&>(w));
+}
+
+// Team statistics for tests and the benchmark: calls that used the team, calls that ran on their
+// caller alone (the team was busy, or recently stalled), items taken over from another thread,
+// stalls (a thread waited too long for an item another had started, and finished the call
+// alone), and worker threads started.
+struct TeamStats {
+  int64_t team_calls, solo_calls, steals, stalls, workers;
+};
+TeamStats team_stats();
+
+}  // namespace rnncore
