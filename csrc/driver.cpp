@@ -140,26 +140,42 @@ void check_interrupt() {
   if (interrupted()) throw Interrupted();
 }
 
-// A large GEMM (as gemm<T>) with its rows of C split over the team, each part a one-thread BLAS
-// call. The BLAS's own thread pool stays at one thread: its idle workers would spin against the
-// team. Every element of C is summed as in a one-part call, so results do not depend on the
-// number of threads.
+// Work between two stage boundaries of the large GEMMs (where Ctrl-C is seen): about 5 to 10 ms
+// of one core.
+constexpr int64_t kStageFlops = int64_t(1) << 30;
+
+// A large GEMM (as gemm<T>) over the team: the rows of C are split over the threads, each part a
+// one-thread BLAS call (the BLAS's own pool stays at one thread: its idle workers would spin
+// against the team). Every element of C is summed as in a one-part call, so results do not
+// depend on the number of threads. Long GEMMs run in stages: rows of C in turn or, for the
+// weight gradients (A transposed, K = every step's rows), chunks of K accumulated in turn; the
+// chunks depend on the sizes only.
 template <class T>
 void team_gemm(int threads, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   constexpr int64_t kRowAlign = 16, kMinFlops = int64_t(1) << 23;
-  int parts = int(std::min<int64_t>(threads, M / (2 * kRowAlign)));
-  if (2 * M * N * K < kMinFlops) parts = 1;
-  if (parts <= 1) {
+  const int64_t flops = 2 * M * N * K;
+  int parts = int(std::max<int64_t>(1, std::min<int64_t>(threads, M / (2 * kRowAlign))));
+  if (flops < kMinFlops) parts = 1;
+  const int64_t kchunks = ta ? std::max<int64_t>(1, std::min<int64_t>(K / 1024, flops / kStageFlops)) : 1;
+  const int64_t mstages = ta ? 1 : std::max<int64_t>(1, std::min<int64_t>(M / (2 * kRowAlign), flops / kStageFlops));
+  if (parts == 1 && kchunks == 1 && mstages == 1) {
     gemm<T>(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
     check_interrupt();
     return;
   }
-  const int64_t step = ((M + parts - 1) / parts + kRowAlign - 1) / kRowAlign * kRowAlign;
-  const bool done = run_stages(parts, parts, 1, [&](int q, int64_t) {
-    const int64_t i0 = std::min(M, q * step), i1 = std::min(M, i0 + step);
-    const T* Aq = ta ? A + i0 : A + i0 * lda;  // A is K x M when transposed
-    gemm<T>(ta, tb, i1 - i0, N, K, Aq, lda, B, ldb, beta, C + i0 * ldc, ldc);
+  const int64_t kstep = (K + kchunks - 1) / kchunks;
+  const int64_t mstep = ((M + mstages - 1) / mstages + kRowAlign - 1) / kRowAlign * kRowAlign;
+  const bool done = run_stages(parts, parts, kchunks * mstages, [&](int q, int64_t stage) {
+    const int64_t kc = stage / mstages, ms = stage % mstages;
+    const int64_t k0 = std::min(K, kc * kstep), k1 = std::min(K, k0 + kstep);
+    const int64_t s0 = std::min(M, ms * mstep), s1 = std::min(M, s0 + mstep);
+    const int64_t pstep = ((s1 - s0 + parts - 1) / parts + kRowAlign - 1) / kRowAlign * kRowAlign;
+    const int64_t i0 = std::min(s1, s0 + q * pstep), i1 = std::min(s1, i0 + pstep);
+    if (i1 <= i0) return;
+    const T* Aq = ta ? A + k0 * lda + i0 : A + i0 * lda + k0;  // A is K x M when transposed
+    const T* Bq = tb ? B + k0 : B + k0 * ldb;                  // B is N x K when transposed
+    gemm<T>(ta, tb, i1 - i0, N, k1 - k0, Aq, lda, Bq, ldb, kc == 0 ? beta : T(1), C + i0 * ldc, ldc);
   });
   if (!done) throw Interrupted();
 }
@@ -271,6 +287,35 @@ struct PackedSlices {
   }
 };
 
+// The input projection of every step, g (R x G, row stride ldg) = x (R x D) W_ih^T, on the
+// step GEMM's kernel: the team packs W_ih's column panels (stage 0), then each thread computes a
+// share of the rows with every column (stage 1). Rows of 8 pass over each panel while it is in
+// L1; a general BLAS at these sizes (R of tens to thousands of rows) reaches less.
+template <class T>
+void project(const Layer<T>& L, const T* x, int64_t R, T* g, int64_t ldg) {
+  const int64_t G = L.G(), D = L.D;
+  const int64_t NW = L.step.packed_size(1, 1);  // columns per panel
+  const int64_t panels = (G + NW - 1) / NW;
+  Buffer<T> Bp(L.step.packed_size(D, G));
+  const int items = int(std::max<int64_t>(1, std::min<int64_t>({int64_t(L.threads), panels, (R + 7) / 8})));
+  // rows in stages of bounded work (a Ctrl-C check between them), each split over the items
+  const int64_t stages = std::max<int64_t>(1, std::min<int64_t>((R + 63) / 64, 2 * R * D * G / kStageFlops));
+  const int64_t srows = (R + stages - 1) / stages;
+  if (!run_stages(L.threads, items, 1 + stages, [&](int it, int64_t stage) {
+        if (stage == 0) {  // panels [p0, p1): columns [p0 * NW, p1 * NW)
+          const int64_t p0 = panels * it / items, p1 = panels * (it + 1) / items;
+          const int64_t c0 = p0 * NW, c1 = std::min(G, p1 * NW);
+          if (c1 > c0) L.step.pack(L.w.W_ih + c0 * D, D, true, D, c1 - c0, c1 - c0, 0, Bp.data() + p0 * D * NW);
+          return;
+        }
+        const int64_t s0 = std::min(R, (stage - 1) * srows), s1 = std::min(R, s0 + srows);
+        const int64_t rows = ((s1 - s0 + items - 1) / items + 7) / 8 * 8;
+        const int64_t r0 = std::min(s1, s0 + it * rows), r1 = std::min(s1, r0 + rows);
+        if (r1 > r0) L.step.gemm(r1 - r0, D, G, x + r0 * D, D, Bp.data(), false, g + r0 * ldg, ldg);
+      }))
+    throw Interrupted();
+}
+
 template <class T>
 void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool train, T* y, int64_t y_ld,
                  T* h_n, T* c_n, typename Tape<T>::Dir* keep) {
@@ -293,7 +338,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
   if (L.single_step())
     L.step.gemm_nt(R, L.D, G, xp, L.D, L.w.W_ih, L.D, false, g, W);
   else
-    team_gemm<T>(L.threads, false, true, R, G, L.D, xp, L.D, L.w.W_ih, L.D, T(0), g, W);
+    project(L, xp, R, g, W);
   for (int64_t s = 0; s < S.T; ++s) zero(g + (S.O[s] + S.B[s]) * W, (S.slot_rows(s) - S.B[s]) * W);
   permute_in(S, h0, H, hs);
   if (cell.has_c) permute_in(S, c0, H, cs);

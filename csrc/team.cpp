@@ -41,8 +41,12 @@ int64_t now_ns() {
 
 // Sleeping until a 32-bit word changes: a futex on Linux, a condition variable elsewhere.
 #if defined(__linux__)
-void sleep_while(std::atomic<uint32_t>& word, uint32_t value) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, value, nullptr, nullptr, 0);
+// Sleeps until the word changes; a waiter inside a call wakes up at least every 2 ms (to see the
+// interrupt flag), an idle worker only when woken.
+void sleep_while(std::atomic<uint32_t>& word, uint32_t value, bool bounded = true) {
+  struct timespec ts = {0, 2000000};
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, value, bounded ? &ts : nullptr,
+          nullptr, 0);
 }
 void wake_all(std::atomic<uint32_t>& word) {
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
@@ -56,9 +60,12 @@ std::condition_variable& sleep_cv() {
   static std::condition_variable* cv = new std::condition_variable;
   return *cv;
 }
-void sleep_while(std::atomic<uint32_t>& word, uint32_t value) {
+void sleep_while(std::atomic<uint32_t>& word, uint32_t value, bool bounded = true) {
   std::unique_lock<std::mutex> lock(sleep_mutex());
-  sleep_cv().wait_for(lock, std::chrono::milliseconds(1), [&] { return word.load() != value; });
+  if (bounded)
+    sleep_cv().wait_for(lock, std::chrono::milliseconds(2), [&] { return word.load() != value; });
+  else
+    sleep_cv().wait(lock, [&] { return word.load() != value; });
 }
 void wake_all(std::atomic<uint32_t>&) {
   std::lock_guard<std::mutex> lock(sleep_mutex());
@@ -132,7 +139,7 @@ struct Job {
   }
   // Waits until `target` items are done. Thread q takes over unstarted items of stage j after a
   // while (if it may), and declares a stall when an item another thread holds keeps it waiting.
-  bool wait_for(int64_t target, int64_t j, int q, int64_t own_ns) {
+  bool wait_for(int64_t target, int64_t j, int q, int64_t own_ns, bool is_caller) {
     if (done.load(std::memory_order_acquire) >= target) return true;
     const int64_t t0 = now_ns();
     bool stole = false;
@@ -141,6 +148,11 @@ struct Job {
       if (stop.load(std::memory_order_relaxed)) return false;
       RNNCORE_PAUSE();
       if ((spin & 31) != 31) continue;
+      if (is_caller && interrupted()) {
+        stop.store(true);
+        notify();
+        return false;
+      }
       const int64_t waited = now_ns() - t0;
       if (!stole && waited > kStealAfterNs && !excluded(q)) {
         stole = true;
@@ -177,13 +189,13 @@ struct Job {
         notify();
         return false;
       }
-      if (excluded(q)) return is_caller ? wait_for(stages * items, stages - 1, q, 0) : true;
+      if (excluded(q)) return is_caller ? wait_for(stages * items, stages - 1, q, 0, true) : true;
       const bool all = owner.load(std::memory_order_relaxed) == q;
       const int64_t t0 = now_ns();
       for (int i = all ? 0 : q; i < items; i += all ? 1 : n)
         if (!try_run(i, j)) return false;
       own_ns = now_ns() - t0;
-      if (!wait_for((j + 1) * items, j, q, own_ns)) return false;
+      if (!wait_for((j + 1) * items, j, q, own_ns, is_caller)) return false;
     }
     return true;
   }
@@ -252,7 +264,7 @@ class Team {
         RNNCORE_PAUSE();
         if ((spin & 63) == 63 && now_ns() - t0 > kIdleSpinNs) {
           idle_sleepers_.fetch_add(1);
-          if (seq_.load() == seen) sleep_while(seq_, seen);
+          if (seq_.load() == seen) sleep_while(seq_, seen, false);
           idle_sleepers_.fetch_sub(1);
         }
       }

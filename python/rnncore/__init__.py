@@ -13,7 +13,12 @@ Interoperability (the frameworks are imported only when used): ``LSTM.from_torch
 ``rnncore.from_onnx(path)``; files: ``model.save(path)`` / ``rnncore.load(path)``.
 """
 
-from . import _core, reference
+import numbers
+import operator
+
+import numpy as np
+
+from . import _core, _threadpool, reference
 from ._convert import from_torch_state_dict, to_torch_state_dict
 from ._io import load
 from ._keras import from_keras
@@ -23,23 +28,43 @@ from .cells import GRUCell, LSTMCell, RNNCell, Stream
 from .models import GRU, LSTM, RNN, Tape
 
 __version__ = "0.1.0"
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "reference", "set_num_threads", "get_num_threads", "blas_info",
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "reference", "set_num_threads", "get_num_threads", "team_stats", "MAX_THREADS", "blas_info",
            "from_torch_state_dict", "to_torch_state_dict", "from_torch", "from_keras", "from_onnx", "load"]
 
 
+MAX_THREADS = _core.MAX_THREADS
+
+
 def set_num_threads(n):
-    """Threads of rnncore's BLAS (OpenBLAS). Safe to call at any time."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}")
+    """Threads of rnncore's team: every call from then on uses up to ``n`` threads (1 to
+    ``MAX_THREADS`` = 1024). Any integer type is accepted (``np.int64`` too). Safe to call at any
+    time; results do not depend on it, bit for bit. ``threadpoolctl.threadpool_limits`` sets the
+    same number when threadpoolctl is installed."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n: expected an integer, got {type(n).__name__} {n!r}")
+    n = operator.index(n)
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n: expected an integer from 1 to {MAX_THREADS}, got {n}")
     _core.set_num_threads(n)
 
 
 def get_num_threads():
-    """Threads of rnncore's BLAS."""
+    """Threads of rnncore's team (its BLAS always works single-threaded inside them)."""
     return _core.get_num_threads()
+
+
+def team_stats():
+    """Counters of rnncore's team since the process started: calls that used it, calls that ran
+    on their caller alone (the team was busy with another call, or recently stalled), items one
+    thread took over from another, stalls (a thread lost its core mid-call and the call went on
+    without it) and worker threads started."""
+    return dict(_core.team_stats())
 
 
 def blas_info():
     """What computes: the OpenBLAS kernel (core name), its build config, threads and our kernels' ISA."""
     return {"corename": _core.blas_corename(), "config": _core.blas_config(), "threads": _core.get_num_threads(),
             "kernels": _core.kernel_isa()}
+
+
+_threadpool.register()
