@@ -49,15 +49,11 @@ struct SmallGemm {
         e[c] = n >= Nc ? -1 : (n / group) * gstride + n % group;
       }
       T* dst = Bp + p * K * NW;
-      if (trans) {  // column c of the panel is row e[c] of src: read each row in order
-        for (int c = 0; c < NW; ++c) {
-          if (e[c] < 0) {
-            for (int64_t k = 0; k < K; ++k) dst[k * NW + c] = T(0);
-            continue;
-          }
-          const T* row = src + e[c] * ld;
-          for (int64_t k = 0; k < K; ++k) dst[k * NW + c] = row[k];
-        }
+      if (trans) {  // column c of the panel is row e[c] of src: NW rows read side by side
+        const T* rows[NW];
+        for (int c = 0; c < NW; ++c) rows[c] = src + (e[c] < 0 ? 0 : e[c]) * ld;
+        for (int64_t k = 0; k < K; ++k)
+          for (int c = 0; c < NW; ++c) dst[k * NW + c] = e[c] < 0 ? T(0) : rows[c][k];
       } else {
         for (int64_t k = 0; k < K; ++k)
           for (int c = 0; c < NW; ++c) dst[k * NW + c] = e[c] < 0 ? T(0) : src[k * ld + e[c]];

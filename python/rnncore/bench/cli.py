@@ -83,6 +83,9 @@ def build_parser():
     p.add_argument("--dtype", action="append", metavar="DTYPE", help="float32 (default) and/or float64")
     p.add_argument("--no-step-latency", action="store_true",
                    help="skip the cells' one-step latency table (N=1, H=256, against PyTorch's cells)")
+    p.add_argument("--no-floors", action="store_true",
+                   help="skip the step floor (a bare GEMV time loop), the step-GEMM microbenchmark against "
+                        "OpenBLAS and the contention check (rnncore.bench.floors)")
     p.add_argument("--threads", action="append", type=_threads, metavar="N",
                    help=f"threads for every peer, repeatable or comma-separated (default {os.cpu_count()} = all cores)")
     p.add_argument("--peer", action="append", metavar="PEER", help="peers to compare with (default: all)")
@@ -245,6 +248,10 @@ def main(argv=None):
         note = (lambda msg: progress.note(msg)) if progress else None
         results["step_latency"] = step_latency.run(threads=max(cfg.threads), progress=note,
                                                    rounds=3 if args.quick else 7)
+    if not args.no_floors:
+        from . import floors
+        note = (lambda msg: progress.note(msg)) if progress else None
+        results["floors"] = floors.run(threads=max(cfg.threads), quick=args.quick, progress=note)
     if progress:
         progress.done()
     # files first: a closed pipe on stdout loses nothing

@@ -248,6 +248,9 @@ def to_text(results):
     if results.get("step_latency"):
         from . import step_latency
         out.append(step_latency.to_text(results["step_latency"]))
+    if results.get("floors"):
+        from . import floors
+        out.append(floors.to_text(results["floors"]))
     nbusy = sum(_busy(sc) for sc in results["scenarios"])
     if nbusy:
         out.append(f"{BUSY} other processes used more than {100 * BUSY_SHARE:.0f}% of the CPUs during the row: "
@@ -295,6 +298,9 @@ def to_markdown(results, plots=(), plot_note=None, seed_table_md=None):
         if results.get("step_latency"):
             from . import step_latency
             out += [step_latency.to_markdown(results["step_latency"])]
+        if results.get("floors"):
+            from . import floors
+            out += [floors.to_markdown(results["floors"])]
         problems = _problems(results)
         if problems:
             out += ["## Disagreements and errors", ""] + [f"- **{p}**" for p in problems] + [""]
