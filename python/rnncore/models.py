@@ -60,6 +60,10 @@ class Tape:
         own = getattr(self.engine_tape, "nbytes", None)
         return (own or 0) + (self.masks.nbytes if self.masks is not None else 0)
 
+    def __reduce_ex__(self, protocol):
+        raise TypeError("tape: a Tape cannot be pickled or copied: it holds the core's buffers of one forward "
+                        "call and belongs to the model that made it; call backward in the same process")
+
 
 class _Recurrent:
     """Shared by RNN, LSTM and GRU: configuration, parameters, argument checking, calls.
