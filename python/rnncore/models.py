@@ -78,6 +78,52 @@ class _Recurrent:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
                  dropout=0.0, dtype=None, seed=None):
+        rng = self._configure(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
+        total = self._check_model_sizes()
+        np.empty(total, self.dtype)  # untouched: a model that cannot fit fails here at once, with MemoryError
+        k = 1.0 / np.sqrt(self.hidden_size)
+        self._params = {}
+        for name, shape in self._param_shapes():
+            self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
+
+    def _configure_extra(self, **extra):
+        """The subclass's own constructor arguments (RNN: nonlinearity, GRU: reset_after), checked and set."""
+        if extra:
+            raise TypeError(f"{type(self).__name__}: unexpected arguments {sorted(extra)}")
+
+    @classmethod
+    def _unparameterised(cls, config):
+        """A model of this configuration (constructor arguments but seed, all checked) without parameters:
+        nothing is allocated. ``_adopt`` gives it its parameters."""
+        config = dict(config)
+        base = {k: config.pop(k) for k in ("input_size", "hidden_size", "num_layers", "bidirectional",
+                                           "batch_first", "dropout", "dtype") if k in config}
+        model = cls.__new__(cls)
+        model._configure_extra(**config)
+        model._configure(**base)
+        model._check_model_sizes()
+        model._params = {}
+        return model
+
+    def _adopt(self, arrays):
+        """Take ``arrays`` (name -> ndarray of exactly this model's names, shapes and dtype) as the
+        parameters, without copying those that are C-contiguous, aligned and writeable."""
+        expected = dict(self._param_shapes())
+        if set(arrays) != set(expected):
+            raise ValueError("arrays: names do not match the model")
+        params = {}
+        for name, shape in expected.items():
+            a = arrays[name]
+            if type(a) is not np.ndarray or a.dtype != self.dtype or a.shape != shape:
+                raise ValueError(f"arrays[{name!r}]: expected an ndarray of dtype {self.dtype} and shape {shape}")
+            flags = a.flags
+            params[name] = a if flags.c_contiguous and flags.aligned and flags.writeable else np.array(a, order="C")
+        self._params = params
+        return self
+
+    def _configure(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
+                   dropout=0.0, dtype=None, seed=None):
+        """Check and set the configuration; returns the generator that initialises parameters."""
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
         self.num_layers = _positive_int(num_layers, "num_layers")
@@ -88,24 +134,19 @@ class _Recurrent:
         self.bidirectional = bool(bidirectional)
         self.batch_first = bool(batch_first)
         if not isinstance(dropout, numbers.Real) or not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {_short_repr(dropout)}")
         self.dropout = float(dropout)
         try:
             dt = np.dtype(self._default_dtype if dtype is None else dtype)
         except TypeError:
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+            raise TypeError(f"dtype: expected float32 or float64, got {_short_repr(dtype)}") from None
         if dt not in _DTYPES:
             raise TypeError(f"dtype: expected float32 or float64, got {dt}")
         self.dtype = dt
         self.seed = seed
         rng = np.random.default_rng(seed)
         self._dropout_rng = np.random.default_rng(rng.integers(2**63))
-        total = self._check_model_sizes()
-        np.empty(total, self.dtype)  # untouched: a model that cannot fit fails here at once, with MemoryError
-        k = 1.0 / np.sqrt(self.hidden_size)
-        self._params = {}
-        for name, shape in self._param_shapes():
-            self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
+        return rng
 
     # ---- configuration -------------------------------------------------------------------
 
@@ -446,6 +487,20 @@ def _c_aligned(a):
     return a if flags.c_contiguous and flags.aligned else np.array(a, order="C")
 
 
+def _short_repr(v, limit=80):
+    """repr(v), cut to about ``limit`` characters: messages stay short whatever the value."""
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit - 15] + f"... ({len(r)} chars)"
+
+
+def _listed(names, limit=8):
+    """Sorted names as a list literal, at most ``limit`` of them, then how many more: bounded messages."""
+    names = sorted(names)
+    shown = ", ".join(_short_repr(n, 60) for n in names[:limit])
+    more = f", ... and {len(names) - limit} more ({len(names)} in all)" if len(names) > limit else ""
+    return f"[{shown}{more}]"
+
+
 def _positive_int(v, name):
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name}: expected a positive int, got {_describe(v)}")
@@ -461,10 +516,13 @@ class RNN(_Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bidirectional=False,
                  batch_first=False, dropout=0.0, dtype=None, seed=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
+        self._configure_extra(nonlinearity=nonlinearity)
         super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
+
+    def _configure_extra(self, nonlinearity="tanh"):
+        if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {_short_repr(nonlinearity)}")
+        self.nonlinearity = nonlinearity
 
     @property
     def cell(self):
@@ -493,10 +551,13 @@ class GRU(_Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, reset_after=False, bidirectional=False,
                  batch_first=False, dropout=0.0, dtype=None, seed=None):
+        self._configure_extra(reset_after=reset_after)
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
+
+    def _configure_extra(self, reset_after=False):
         if not isinstance(reset_after, (bool, np.bool_)):
             raise TypeError(f"reset_after: expected a bool, got {_describe(reset_after)}")
         self.reset_after = bool(reset_after)
-        super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
 
     @property
     def cell(self):
