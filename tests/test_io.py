@@ -427,3 +427,48 @@ def test_fortran_order_entries_load(tmp_path):
     loaded = rnncore.load(path)
     same(model("lstm"), loaded)
     assert all(a.flags.c_contiguous for a in loaded.parameters().values())
+
+
+def test_duplicate_entries_are_refused(tmp_path):
+    """A zip may name an entry twice; NumPy's reader took the last one silently."""
+    e = valid_entries()
+    entries = [(k + ".npy", npy_bytes(v)) for k, v in e.items()]
+    entries.append(("W_hh_l0.npy", npy_bytes(np.zeros_like(e["W_hh_l0"]))))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # zipfile warns about the duplicate it writes
+        path = craft(tmp_path / "twice.npz", entries)
+    with zipfile.ZipFile(path) as z:
+        assert [i.filename for i in z.infolist()].count("W_hh_l0.npy") == 2
+    with pytest.raises(ValueError, match=r"entries named more than once \['W_hh_l0.npy'\]"):
+        rnncore.load(path)
+    twice_meta = [("__rnncore__.npy", npy_bytes(e["__rnncore__"]))] + entries[:-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = craft(tmp_path / "meta.npz", twice_meta)
+    with pytest.raises(ValueError, match=r"more than once \['__rnncore__.npy'\]"):
+        rnncore.load(path)
+
+
+def test_error_messages_are_bounded(tmp_path):
+    """A file naming 1024 layers but holding one lists a few names and counts the rest."""
+    e = valid_entries("rnn_tanh", num_layers=1, bidirectional=False)
+    meta = json.loads(str(e["__rnncore__"]))
+    meta["config"]["num_layers"] = 1024
+    e["__rnncore__"] = np.array(json.dumps(meta))
+    for i in range(3000):
+        e[f"junk_{i}"] = np.zeros(1, np.float32)
+    e["x" * 5000] = np.zeros(1, np.float32)
+    path = tmp_path / "many.npz"
+    write(path, e)
+    with pytest.raises(ValueError) as info:
+        rnncore.load(path)
+    message = str(info.value)
+    assert len(message) < 1500, len(message)
+    assert "missing ['W_hh_l1', " in message and "and 3061 more (3069 in all)" in message
+    assert "unexpected ['junk_0', " in message and "and 2993 more (3001 in all)" in message
+    m = rnncore.RNN(3, 4, num_layers=1000)
+    with pytest.raises(ValueError) as info:
+        m.load_state_dict({f"w{i}": np.zeros(1) for i in range(5000)})
+    message = str(info.value)
+    assert len(message) < 1000 and "and 2992 more (3000 in all)" in message and "(5000 in all)" in message

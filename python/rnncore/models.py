@@ -212,7 +212,7 @@ class _Recurrent:
         unexpected = sorted(set(state_dict) - set(expected))
         if missing or unexpected:
             raise ValueError(f"state_dict: names do not match this {type(self).__name__}: "
-                             f"missing {missing}, unexpected {unexpected}")
+                             f"missing {_listed(missing)}, unexpected {_listed(unexpected)}")
         staged = {}
         for name, shape in expected.items():
             a = np.asarray(state_dict[name])
