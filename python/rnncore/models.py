@@ -65,6 +65,56 @@ class Tape:
                         "call and belongs to the model that made it; call backward in the same process")
 
 
+class _Parameters(dict):
+    """A model's live parameters, name -> ndarray: a dict that takes only the model's own names.
+
+    An entry may be replaced (by an array of any shape or dtype, which the next call then names)
+    or removed (``load_state_dict`` restores it), but a name the model does not have is refused
+    where it would enter: the model could not save or load it. Masked arrays are refused too
+    (the core would ignore their mask).
+    """
+
+    __slots__ = ("_names", "_owner")
+
+    def __init__(self, names, owner, items=()):
+        super().__init__()
+        self._names = frozenset(names)
+        self._owner = owner
+        self.update(items)
+
+    def _check(self, name, value):
+        if name not in self._names:
+            raise ValueError(f"parameters: {_short_repr(name)} is not a parameter of this {self._owner} (its names: "
+                             f"{_listed(self._names)}); keep other parameters, a readout's say, in a dict of your "
+                             f"own: {{**model.parameters(), **other}}")
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(f"parameters[{name!r}]: masked arrays are not supported (the mask would be ignored); "
+                            f"pass a plain ndarray")
+
+    def __setitem__(self, name, value):
+        self._check(name, value)
+        super().__setitem__(name, value)
+
+    def update(self, *args, **kw):
+        items = dict(*args, **kw)
+        for name, value in items.items():
+            self._check(name, value)
+        for name, value in items.items():
+            super().__setitem__(name, value)
+
+    def setdefault(self, name, default=None):
+        if name not in self:
+            self[name] = default
+        return self[name]
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def __reduce__(self):
+        return (_Parameters, (sorted(self._names), self._owner, dict(self)))
+
+
 class _Recurrent:
     """Shared by RNN, LSTM and GRU: configuration, parameters, argument checking, calls.
 
@@ -82,7 +132,7 @@ class _Recurrent:
         total = self._check_model_sizes()
         np.empty(total, self.dtype)  # untouched: a model that cannot fit fails here at once, with MemoryError
         k = 1.0 / np.sqrt(self.hidden_size)
-        self._params = {}
+        self._params = self._new_parameters()
         for name, shape in self._param_shapes():
             self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
 
@@ -102,7 +152,7 @@ class _Recurrent:
         model._configure_extra(**config)
         model._configure(**base)
         model._check_model_sizes()
-        model._params = {}
+        model._params = model._new_parameters()
         return model
 
     def _adopt(self, arrays):
@@ -118,8 +168,11 @@ class _Recurrent:
                 raise ValueError(f"arrays[{name!r}]: expected an ndarray of dtype {self.dtype} and shape {shape}")
             flags = a.flags
             params[name] = a if flags.c_contiguous and flags.aligned and flags.writeable else np.array(a, order="C")
-        self._params = params
+        self._params = self._new_parameters(params)
         return self
+
+    def _new_parameters(self, items=()):
+        return _Parameters((name for name, _ in self._param_shapes()), type(self).__name__, items)
 
     def _configure(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
                    dropout=0.0, dtype=None, seed=None):
@@ -200,8 +253,15 @@ class _Recurrent:
         return sum(int(np.prod(s)) for _, s in self._param_shapes())
 
     def state_dict(self):
-        """A copy of every parameter, name -> ndarray."""
-        return {k: v.copy() for k, v in self._params.items()}
+        """A copy of every parameter, name -> ndarray: what ``load_state_dict`` takes back. A parameter
+        removed or replaced by one of another shape through ``parameters()`` is named (TypeError, ValueError)."""
+        out = {}
+        for name, shape in self._param_shapes():
+            a = self._params.get(name)
+            if not isinstance(a, np.ndarray) or a.shape != shape:
+                self._bad_parameter(name, a, shape)
+            out[name] = a.copy()
+        return out
 
     def load_state_dict(self, state_dict):
         """Copy parameters in (cast to this model's dtype). Checks everything before changing anything."""
