@@ -245,3 +245,36 @@ def test_a_model_loads_what_it_saved_or_says_why_not(tmp_path):
     again = rnncore.LSTM(4, 3, num_layers=2, bidirectional=True, seed=1)
     again.load_state_dict(m.state_dict())
     np.testing.assert_array_equal(again.parameters()["W_hh_l0"], m.parameters()["W_hh_l0"].astype(np.float32))
+
+
+def test_masked_parameters_are_refused():
+    """x and states refuse masked arrays (their mask would be ignored); so do parameters, wherever they enter."""
+    m = lstm()
+    before = m.state_dict()
+    w = np.ma.masked_array(before["W_hh_l0"], mask=np.eye(12, 3, dtype=bool))
+    with pytest.raises(TypeError, match=r"^parameters\['W_hh_l0'\]: masked arrays are not supported"):
+        m.parameters()["W_hh_l0"] = w
+    with pytest.raises(TypeError, match=r"^parameters\['W_hh_l0'\]: masked arrays"):
+        m.parameters().update(W_hh_l0=w)
+    with pytest.raises(TypeError, match=r"^state_dict\['W_hh_l0'\]: masked arrays are not supported"):
+        m.load_state_dict({**before, "W_hh_l0": w})
+    cell = rnncore.LSTMCell(4, 3, seed=0)
+    with pytest.raises(TypeError, match=r"^state_dict\['b_l0'\]: masked arrays"):
+        cell.load_state_dict({**cell.state_dict(), "b": np.ma.masked_array(np.zeros(12, np.float32))})
+    for k, v in m.parameters().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+        assert type(v) is np.ndarray
+    dict.__setitem__(m.parameters(), "W_hh_l0", w)      # past the dict's own check: the call still refuses it
+    with pytest.raises(TypeError, match=r"^parameter 'W_hh_l0': masked arrays are not supported"):
+        m(X)
+    with pytest.raises(TypeError, match=r"^parameter 'W_hh_l0': masked"):
+        m.state_dict()
+
+
+def test_masked_torch_state_dicts_are_refused():
+    sd = rnncore.to_torch_state_dict(lstm().parameters(), "lstm")
+    sd["weight_hh_l0"] = np.ma.masked_array(sd["weight_hh_l0"])
+    with pytest.raises(TypeError, match=r"^state_dict\['weight_hh_l0'\]: masked arrays"):
+        rnncore.LSTM.from_torch_state_dict(sd)
+    with pytest.raises(TypeError, match=r"masked arrays"):
+        rnncore.from_torch_state_dict(sd, "lstm")

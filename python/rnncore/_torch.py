@@ -31,6 +31,8 @@ def _numpy(v, what):
         if name not in ("float32", "float64"):
             raise TypeError(f"{what}: expected float32 or float64 parameters, got {name}")
         return v.detach().cpu().numpy()
+    if isinstance(v, np.ma.MaskedArray):
+        raise TypeError(f"{what}: masked arrays are not supported (the mask would be ignored); pass a plain ndarray")
     return np.asarray(v)
 
 

@@ -258,7 +258,7 @@ class _Recurrent:
         out = {}
         for name, shape in self._param_shapes():
             a = self._params.get(name)
-            if not isinstance(a, np.ndarray) or a.shape != shape:
+            if not isinstance(a, np.ndarray) or a.shape != shape or isinstance(a, np.ma.MaskedArray):
                 self._bad_parameter(name, a, shape)
             out[name] = a.copy()
         return out
@@ -275,7 +275,11 @@ class _Recurrent:
                              f"missing {_listed(missing)}, unexpected {_listed(unexpected)}")
         staged = {}
         for name, shape in expected.items():
-            a = np.asarray(state_dict[name])
+            a = state_dict[name]
+            if isinstance(a, np.ma.MaskedArray):
+                raise TypeError(f"state_dict[{name!r}]: masked arrays are not supported (the mask would be ignored); "
+                                f"pass a plain ndarray")
+            a = np.asarray(a)
             if a.dtype.kind != "f":
                 raise TypeError(f"state_dict[{name!r}]: expected floating point values, got dtype {a.dtype}")
             if a.shape != shape:
@@ -305,13 +309,17 @@ class _Recurrent:
             arrays = []
             for name, shape in group:
                 a = params.get(name)
-                if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
+                if (not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape
+                        or isinstance(a, np.ma.MaskedArray)):
                     self._bad_parameter(name, a, shape)
                 arrays.append(_c_aligned(a))
             out.append(tuple(arrays) + (None,) * (4 - len(arrays)))
         return out
 
     def _bad_parameter(self, name, a, shape):
+        if isinstance(a, np.ma.MaskedArray):
+            raise TypeError(f"parameter {name!r}: masked arrays are not supported (the mask would be ignored); "
+                            f"assign a plain ndarray")
         if not isinstance(a, np.ndarray):
             raise TypeError(f"parameter {name!r}: expected an ndarray, got {_describe(a)}")
         if a.dtype != self.dtype:
