@@ -5,25 +5,27 @@
     y, (h_n, c_n) = lstm(x)                                  # inference
     y, state, tape = lstm.forward(x, train=True)             # training
     grads = lstm.backward(tape, dy)                          # dict: "x", "h0", "c0", parameters
+    grads.parameters()                                       # the parameter gradients alone
 
-``rnncore.reference`` has the same classes computed by a plain NumPy oracle.
+``rnncore.reference`` has the same classes computed by a plain NumPy oracle; ``rnncore.train`` a loss,
+a linear readout, gradient clipping and Adam.
 
 Interoperability (the frameworks are imported only when used): ``LSTM.from_torch(module)`` /
 ``model.to_torch()``, ``rnncore.from_keras(layers)`` / ``model.to_keras()``, ``model.to_onnx(path)`` /
 ``rnncore.from_onnx(path)``; files: ``model.save(path)`` / ``rnncore.load(path)``.
 """
 
-from . import _core, reference
+from . import _core, reference, train
 from ._convert import from_torch_state_dict, to_torch_state_dict
 from ._io import load
 from ._keras import from_keras
 from ._onnx import from_onnx
 from ._torch import from_torch
 from .cells import GRUCell, LSTMCell, RNNCell, Stream
-from .models import GRU, LSTM, RNN, Tape
+from .models import GRU, LSTM, RNN, Gradients, Tape
 
 __version__ = "0.1.0"
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "reference", "set_num_threads", "get_num_threads", "blas_info",
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "Gradients", "reference", "train", "set_num_threads", "get_num_threads", "blas_info",
            "from_torch_state_dict", "to_torch_state_dict", "from_torch", "from_keras", "from_onnx", "load"]
 
 

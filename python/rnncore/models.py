@@ -65,6 +65,33 @@ class Tape:
                         "call and belongs to the model that made it; call backward in the same process")
 
 
+class Gradients(dict):
+    """What ``backward`` returns: a dict of every gradient, so ``grads["x"]`` and ``grads["W_ih_l0"]``
+    read as before, which keeps the parameter gradients apart from the others by construction:
+    ``parameters()`` is the dict of the parameter gradients alone (the model's parameter names),
+    ``inputs()`` the gradients with respect to the input and the initial states ("x", "h0", "c0";
+    a cell's "x", "h", "c"). ``rnncore.train``'s ``clip_grad_norm`` and ``Adam`` read only the
+    parameter gradients of a Gradients."""
+
+    __slots__ = ("_inputs",)
+
+    def __init__(self, inputs, parameters):
+        super().__init__(inputs)
+        self._inputs = tuple(inputs)
+        self.update(parameters)
+
+    def parameters(self):
+        """name -> gradient of each parameter (a new dict of the same arrays)."""
+        return {k: v for k, v in self.items() if k not in self._inputs}
+
+    def inputs(self):
+        """The gradients with respect to the input and the initial states (a new dict of the same arrays)."""
+        return {k: self[k] for k in self._inputs if k in self}
+
+    def __reduce__(self):
+        return (Gradients, (self.inputs(), self.parameters()))
+
+
 class _Parameters(dict):
     """A model's live parameters, name -> ndarray: a dict that takes only the model's own names.
 
@@ -370,7 +397,8 @@ class _Recurrent:
         return y, ((h_n, c_n) if self._has_c else h_n), tape
 
     def backward(self, tape, dy=None, dh_n=None, dc_n=None):
-        """Gradients of a training forward: dict with "x", "h0", ("c0",) and every parameter name.
+        """Gradients of a training forward: a :class:`Gradients` dict with "x", "h0", ("c0",) and every
+        parameter name; its ``parameters()`` are the parameter gradients alone.
 
         dy has y's shape, dh_n (and dc_n) the final state's; any may be None (zero).
         """
@@ -401,13 +429,12 @@ class _Recurrent:
         elif dc_n is not None:
             raise ValueError(f"dc_n: {type(self).__name__} has no cell state; pass None")
         dx, dh0, dc0, dw = self._engine.backward(tape.engine_tape, tape.weights, tape.masks, dy, dh_n, dc_n)
-        grads = {"x": np.ascontiguousarray(dx.transpose(1, 0, 2)) if self.batch_first else dx, "h0": dh0}
+        inputs = {"x": np.ascontiguousarray(dx.transpose(1, 0, 2)) if self.batch_first else dx, "h0": dh0}
         if self._has_c:
-            grads["c0"] = dc0
+            inputs["c0"] = dc0
         names = [n for n, _ in self._param_shapes()]
         flat = [a for group in dw for a in group if a is not None]
-        grads.update(zip(names, flat))
-        return grads
+        return Gradients(inputs, zip(names, flat))
 
     # ---- interoperability and files: thin delegates to _torch, _keras, _onnx and _io ------
 
