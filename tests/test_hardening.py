@@ -6,7 +6,9 @@ calls into the core, many threads) run in a subprocess, so a crash fails one tes
 
 import contextlib
 import ctypes
+import json
 import os
+import pathlib
 import platform
 import subprocess
 import sys
@@ -618,6 +620,42 @@ def test_same_call_twice_is_bit_identical_and_threads_do_not_matter(kind, dtype)
             np.testing.assert_array_equal(a, b)
         for k in g0:
             np.testing.assert_array_equal(g[k], g0[k], err_msg=k)
+
+
+_BITS = """
+import hashlib, json, numpy as np, rnncore
+rng = np.random.default_rng(0)
+m = rnncore.LSTM(24, 40, num_layers=2, bidirectional=True, seed=0)
+x = rng.standard_normal((30, 17, 24)).astype(np.float32)
+y, st, tape = m.forward(x, lengths=rng.integers(0, 31, 17), train=True)
+g = m.backward(tape, np.cos(y))
+h = hashlib.sha256(y.tobytes())
+for k in sorted(g):
+    h.update(g[k].tobytes())
+info = rnncore.blas_info()
+info.pop("threads")
+print(json.dumps([h.hexdigest(), info]))
+"""
+
+
+def test_the_same_kernels_give_the_same_bits_in_another_process():
+    """The determinism promise holds for the same kernels, as blas_info() reports them (which includes the
+    environment variables that choose OpenBLAS's kernels: OPENBLAS_CORETYPE changes the bits). Two fresh
+    processes, one with another thread count, report the same and compute the same bits as this one."""
+    runs = [json.loads(run_isolated(_BITS, env=env).splitlines()[-1])
+            for env in ({}, {"OPENBLAS_NUM_THREADS": "1"})]
+    here = rnncore.blas_info()
+    here.pop("threads")
+    assert runs[0] == runs[1]
+    assert runs[0][1] == here
+    assert here["env"] == {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+
+
+def test_the_determinism_promise_names_the_blas_kernels():
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Determinism"):readme.index("### Memory")]
+    for words in ("blas_info()", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "same kernels"):
+        assert words in section, words
 
 
 # ---- tapes ---------------------------------------------------------------------------------
