@@ -348,6 +348,14 @@ def test_linear_refuses_what_it_would_silently_cast():
             Linear(*args)
     with pytest.raises(TypeError, match="^dtype: expected float32 or float64, got int32"):
         Linear(2, 2, dtype=np.int32)
+    lin.parameters()["W"] = np.ma.masked_array(lin.parameters()["W"], mask=True)
+    with pytest.raises(TypeError, match=r"^parameter 'W': masked arrays are not supported"):
+        lin.forward(np.zeros((3, 4), np.float32))
+    lin.parameters()["W"] = np.zeros((2, 4))
+    with pytest.raises(TypeError, match=r"^parameter 'W': expected an ndarray of dtype float32, got ndarray of dtype float64"):
+        lin.forward(np.zeros((3, 4), np.float32))
+    with pytest.raises(TypeError, match=r"^weight_decay: expected a number >= 0, got str"):
+        Adam({"w": np.zeros(2)}, weight_decay="0.1")
 
 
 def test_mse_loss_refuses_masked_and_non_float():

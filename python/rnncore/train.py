@@ -119,13 +119,27 @@ class Linear:
             raise TypeError(f"{name}: expected dtype {self.dtype} (the layer's dtype), got {a.dtype}")
         return a
 
+    def _weights(self):
+        """W and b, checked as a model checks its parameters (they may have been replaced through parameters())."""
+        out = []
+        for name, shape in (("W", (self.out_features, self.in_features)), ("b", (self.out_features,))):
+            a = self._params.get(name)
+            _not_masked(a, f"parameter {name!r}")
+            if not isinstance(a, np.ndarray) or a.dtype != self.dtype:
+                raise TypeError(f"parameter {name!r}: expected an ndarray of dtype {self.dtype}, got {_describe(a)}")
+            if a.shape != shape:
+                raise ValueError(f"parameter {name!r}: expected shape {shape}, got {a.shape}")
+            out.append(a)
+        return out
+
     def forward(self, x):
         """x (..., in_features) -> y (..., out_features)."""
         x = self._check(x, "x")
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"x: expected last dimension in_features={self.in_features}, got shape {x.shape}")
+        W, b = self._weights()
         self._x = x
-        return x @ self._params["W"].T + self._params["b"]
+        return x @ W.T + b
 
     def backward(self, dy):
         """dy (..., out_features), like the last forward's y -> dx (..., in_features).
@@ -138,11 +152,12 @@ class Linear:
         want = self._x.shape[:-1] + (self.out_features,)
         if dy.shape != want:
             raise ValueError(f"dy: expected shape {want} (like y), got {dy.shape}")
+        W, _ = self._weights()
         x2 = self._x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
         self.grads = {"W": (dy2.T @ x2).astype(self.dtype, copy=False),
                       "b": dy2.sum(axis=0).astype(self.dtype, copy=False)}
-        return dy @ self._params["W"]
+        return dy @ W
 
 
 def _gradient_dicts(grads, name):
@@ -211,8 +226,12 @@ class Adam:
             raise TypeError(f"betas: expected two numbers in [0, 1), got {models._short_repr(betas)}") from None
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        if isinstance(weight_decay, (bool, np.bool_)) or not isinstance(weight_decay, (int, float, np.integer,
+                                                                                       np.floating)):
+            raise TypeError(f"weight_decay: expected a number >= 0, got {type(weight_decay).__name__}")
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay: expected a number >= 0, got {weight_decay!r}")
+        eps = _positive_number(eps, "eps")
         self._groups = self._parameter_groups(params)
         self.params = self._groups[0][1] if len(self._groups) == 1 else [g for _, g, _ in self._groups]
         self.lr, self.betas, self.eps, self.weight_decay = lr, (b1, b2), float(eps), float(weight_decay)
