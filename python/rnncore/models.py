@@ -336,9 +336,11 @@ class _Recurrent:
             arrays = []
             for name, shape in group:
                 a = params.get(name)
-                if (not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape
-                        or isinstance(a, np.ma.MaskedArray)):
-                    self._bad_parameter(name, a, shape)
+                if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
+                    # the exact type is the fast path; an ndarray subclass other than a masked array passes too
+                    if (not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray) or a.dtype != dtype
+                            or a.shape != shape):
+                        self._bad_parameter(name, a, shape)
                 arrays.append(_c_aligned(a))
             out.append(tuple(arrays) + (None,) * (4 - len(arrays)))
         return out
