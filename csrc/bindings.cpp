@@ -112,12 +112,20 @@ void run_released(const F& work) {
   }
 }
 
+// Whether the array's dtype is T's, native byte order. By value: an unpickled or copied array's
+// dtype is equal to T's but not the same object (the identity test is only the fast path).
+template <class T>
+bool has_dtype(const py::array& a) {
+  const py::dtype want = py::dtype::of<T>();
+  return a.dtype().is(want) || a.dtype().equal(want);
+}
+
 // The array as a C-contiguous T array of exactly `shape`, or a ValueError/TypeError.
 template <class T>
 py::array_t<T> checked(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
   if (!py::isinstance<py::array>(obj)) throw py::type_error(std::string(name) + ": expected a numpy array");
   auto a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                          ", got " + std::string(py::str(a.dtype())));
   if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + ": must be C-contiguous");
@@ -291,8 +299,8 @@ PYBIND11_MODULE(_core, m) {
         if (x.ndim() != 3) throw py::value_error("x: expected 3 dimensions");
         if (h0.ndim() != 3) throw py::value_error("h0: expected 3 dimensions");
         const Config c = config(cell, layers, dirs, x.shape(0), x.shape(1), x.shape(2), h0.shape(2));
-        if (x.dtype().is(py::dtype::of<float>())) return forward_t<float>(c, weights, x, h0, c0, lengths, masks, train);
-        if (x.dtype().is(py::dtype::of<double>())) return forward_t<double>(c, weights, x, h0, c0, lengths, masks, train);
+        if (has_dtype<float>(x)) return forward_t<float>(c, weights, x, h0, c0, lengths, masks, train);
+        if (has_dtype<double>(x)) return forward_t<double>(c, weights, x, h0, c0, lengths, masks, train);
         throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
       },
       py::arg("cell"), py::arg("layers"), py::arg("dirs"), py::arg("weights"), py::arg("x"), py::arg("h0"),

@@ -193,3 +193,88 @@ def test_load_state_dict_repairs_replaced_parameters():
     for k, v in good.items():
         np.testing.assert_array_equal(m.parameters()[k], v)
     assert m(X)[0].shape == (3, 2, 6)
+
+
+# ---- a model holds its own parameters only --------------------------------------------------
+
+def test_foreign_entries_are_refused_where_they_enter(tmp_path):
+    """parameters() is live, but it takes only the model's own names: an extra entry (a readout's
+    weights, say) once made a checkpoint that load() refused, and a state_dict that would not load back."""
+    m = lstm()
+    p = m.parameters()
+    names = set(p)
+    ways = [lambda: p.__setitem__("head.W", np.zeros(3, np.float32)),
+            lambda: p.update({"head.W": np.zeros(3, np.float32)}),
+            lambda: p.update(W_ih_l0=p["W_ih_l0"], extra=np.zeros(1)),
+            lambda: p.setdefault("head.b", np.zeros(3, np.float32)),
+            lambda: p.__ior__({"head.W": np.zeros(3, np.float32)})]
+    for way in ways:
+        with pytest.raises(ValueError, match=r"^parameters: '(head\.[Wb]|extra)' is not a parameter of this LSTM"):
+            way()
+        assert set(p) == names
+    combined = {**p, "head.W": np.zeros(3, np.float32)}      # the way to hold more: a dict of your own
+    assert len(combined) == len(names) + 1 and set(m.parameters()) == names
+    copied = p.copy()
+    copied["head.W"] = np.zeros(3)
+    assert type(copied) is dict and set(m.parameters()) == names
+    p["b_l0"] = np.ones(12, np.float32)                      # its own names may still be replaced
+    p.update(b_l1=np.ones(12, np.float32))
+    assert p.setdefault("b_l0") is p["b_l0"]
+    m.save(tmp_path / "m.npz")
+    back = rnncore.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.parameters()["b_l0"], 1)
+    m.load_state_dict(m.state_dict())
+    back.load_state_dict(m.state_dict())
+
+
+def test_a_model_loads_what_it_saved_or_says_why_not(tmp_path):
+    """A parameter removed or reshaped through parameters(): state_dict and save name it instead of
+    producing something load_state_dict or load would refuse."""
+    m = lstm()
+    del m.parameters()["b_l1"]
+    with pytest.raises(TypeError, match=r"^parameter 'b_l1': expected an ndarray, got NoneType"):
+        m.state_dict()
+    with pytest.raises(TypeError, match=r"^parameter 'b_l1'"):
+        m.save(tmp_path / "m.npz")
+    m = lstm()
+    m.parameters()["W_hh_l0"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"^parameter 'W_hh_l0': expected shape \(12, 3\), got \(2, 2\)"):
+        m.state_dict()
+    m = lstm()
+    m.parameters()["W_hh_l0"] = m.parameters()["W_hh_l0"].astype(np.float64)   # another dtype: load_state_dict casts
+    again = rnncore.LSTM(4, 3, num_layers=2, bidirectional=True, seed=1)
+    again.load_state_dict(m.state_dict())
+    np.testing.assert_array_equal(again.parameters()["W_hh_l0"], m.parameters()["W_hh_l0"].astype(np.float32))
+
+
+def test_masked_parameters_are_refused():
+    """x and states refuse masked arrays (their mask would be ignored); so do parameters, wherever they enter."""
+    m = lstm()
+    before = m.state_dict()
+    w = np.ma.masked_array(before["W_hh_l0"], mask=np.eye(12, 3, dtype=bool))
+    with pytest.raises(TypeError, match=r"^parameters\['W_hh_l0'\]: masked arrays are not supported"):
+        m.parameters()["W_hh_l0"] = w
+    with pytest.raises(TypeError, match=r"^parameters\['W_hh_l0'\]: masked arrays"):
+        m.parameters().update(W_hh_l0=w)
+    with pytest.raises(TypeError, match=r"^state_dict\['W_hh_l0'\]: masked arrays are not supported"):
+        m.load_state_dict({**before, "W_hh_l0": w})
+    cell = rnncore.LSTMCell(4, 3, seed=0)
+    with pytest.raises(TypeError, match=r"^state_dict\['b_l0'\]: masked arrays"):
+        cell.load_state_dict({**cell.state_dict(), "b": np.ma.masked_array(np.zeros(12, np.float32))})
+    for k, v in m.parameters().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+        assert type(v) is np.ndarray
+    dict.__setitem__(m.parameters(), "W_hh_l0", w)      # past the dict's own check: the call still refuses it
+    with pytest.raises(TypeError, match=r"^parameter 'W_hh_l0': masked arrays are not supported"):
+        m(X)
+    with pytest.raises(TypeError, match=r"^parameter 'W_hh_l0': masked"):
+        m.state_dict()
+
+
+def test_masked_torch_state_dicts_are_refused():
+    sd = rnncore.to_torch_state_dict(lstm().parameters(), "lstm")
+    sd["weight_hh_l0"] = np.ma.masked_array(sd["weight_hh_l0"])
+    with pytest.raises(TypeError, match=r"^state_dict\['weight_hh_l0'\]: masked arrays"):
+        rnncore.LSTM.from_torch_state_dict(sd)
+    with pytest.raises(TypeError, match=r"masked arrays"):
+        rnncore.from_torch_state_dict(sd, "lstm")

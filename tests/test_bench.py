@@ -278,10 +278,25 @@ def test_interleave_rotates_and_splits_the_runs_into_rounds():
     assert log == ["a"] * 3 + ["b"] * 2 + ["c"] + ["b"] * 2 + ["c"] + ["a"] * 3 + ["a"] * 3 + ["b"] * 2
 
 
-def test_quiesce_pause_is_bounded():
+def test_quiesce_pause_is_bounded(monkeypatch):
+    """On a virtual clock (no wall time, so no load can make it flake): the pause ends at max_s
+    when the other threads never go idle, and after min_s and one look when they are idle."""
+    clock = [0.0]
+
+    def sleep(seconds):
+        clock[0] += seconds
+
+    monkeypatch.setattr(suite, "time", types.SimpleNamespace(perf_counter=lambda: clock[0], sleep=sleep))
     q = suite.Quiesce(0.01, max_s=0.05)
+    q.ok = True
+    busy = iter(range(0, 10**12, 10**7))                 # 10 ms of CPU between any two looks: never idle
+    monkeypatch.setattr(q, "_workers_ns", lambda: next(busy))
     w = q()
-    assert 0.01 <= w < 0.2 and q.waits == [w]
+    assert 0.05 <= w < 0.05 + 0.0051 and q.waits == [w]
+    monkeypatch.setattr(q, "_workers_ns", lambda: 0)     # idle
+    clock[0] = 0.0
+    w = q()
+    assert w == pytest.approx(0.015) and q.waits[-1] == w
 
 
 # ------------------------------------------------------------------------------------------

@@ -258,3 +258,217 @@ def test_load_into_a_model_with_a_replaced_parameter_changes_nothing(tmp_path):
     with pytest.raises(ValueError, match="W_hh_l1"):
         dst.load(path)
     np.testing.assert_array_equal(dst.parameters()["W_ih_l0"], before["W_ih_l0"])
+
+
+# ---- hostile files: nothing allocated that the file's bytes do not back ----------------------
+
+def npy_bytes(a=None, header_only=None):
+    """An entry's .npy bytes; header_only=(shape, dtype) gives a header announcing that, and no data."""
+    buf = io.BytesIO()
+    if header_only is None:
+        np.lib.format.write_array(buf, np.asarray(a), allow_pickle=False)
+    else:
+        shape, dtype = header_only
+        np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                   "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def meta_entry(type_, **config):
+    cfg = dict(input_size=1, hidden_size=8, num_layers=1, bidirectional=False, batch_first=False, dropout=0.0,
+               dtype="float32")
+    cfg.update(config)
+    return npy_bytes(np.array(json.dumps({"format": "rnncore", "version": 1, "type": type_, "config": cfg})))
+
+
+def craft(path, entries, declare=None, method=zipfile.ZIP_STORED):
+    """A zip of entries (name -> bytes); declare={name: (file_size, compress_size or None)} rewrites
+    what the central directory says about an entry, leaving its bytes as they are."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as z:
+        for name, data in entries:
+            z.writestr(name, data)
+    data = bytearray(buf.getvalue())
+    pos = data.find(b"PK\x01\x02")
+    while pos >= 0 and declare:
+        name_len = struct.unpack("<H", data[pos + 28:pos + 30])[0]
+        name = bytes(data[pos + 46:pos + 46 + name_len]).decode()
+        if name in declare:
+            file_size, compress_size = declare[name]
+            data[pos + 24:pos + 28] = struct.pack("<I", file_size)
+            if compress_size is not None:
+                data[pos + 20:pos + 24] = struct.pack("<I", compress_size)
+        pos = data.find(b"PK\x01\x02", pos + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def hostile_files(folder):
+    """(file, what its ValueError says): small files declaring models of gigabytes."""
+    big = 4 * 8192 * (1 + 8192 + 1) * 4          # LSTM(1, 8192) float32: 1 GiB of parameters
+    lstm = meta_entry("LSTM", hidden_size=8192)
+    one = npy_bytes(np.zeros((1, 1), np.float32))
+    out = [
+        # the directory declares 4 GB of data in a 1 KB file (how the first report's file got past the size check)
+        (craft(folder / "declared.npz", [("__rnncore__.npy", lstm), ("W_ih_l0.npy", one)],
+               declare={"W_ih_l0.npy": (0xFFFFFF00, None)}), "declares 4294967040 bytes but stores"),
+        # ... and the stored size with it
+        (craft(folder / "stored.npz", [("__rnncore__.npy", lstm), ("W_ih_l0.npy", one)],
+               declare={"W_ih_l0.npy": (0xFFFFFF00, 0xFFFFFF00)}), "more than the file's"),
+        # a million layers, honestly declared: refused before a name is listed
+        (craft(folder / "layers.npz", [("__rnncore__.npy", meta_entry("RNN", hidden_size=1, num_layers=10**6,
+                                                                     nonlinearity="tanh")), ("W_ih_l0.npy", one)]),
+         "num_layers=1000000; a model file holds at most 1024"),
+        # the right names, each header announcing its full shape, no data behind them, deflated so that the
+        # declared sizes need not match stored bytes: each entry runs out where its real bytes end
+        (craft(folder / "deflated.npz",
+               [("__rnncore__.npy", lstm)] + [(f"{n}_l0.npy", npy_bytes(header_only=(s, np.float32)))
+                                              for n, s in (("W_ih", (32768, 1)), ("W_hh", (32768, 8192)),
+                                                           ("b", (32768,)))],
+               declare={"W_hh_l0.npy": (128 + 32768 * 8192 * 4, None), "W_ih_l0.npy": (128 + 32768 * 4, None),
+                        "b_l0.npy": (128 + 32768 * 4, None)}, method=zipfile.ZIP_DEFLATED), "ends after 0 of"),
+    ]
+    for path, _ in out:
+        assert path.stat().st_size < 2048
+    assert big > 2**30
+    return out
+
+
+# Peak resident memory of this process image: VmHWM (ru_maxrss would carry the parent's peak across exec).
+PEAK = """
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_hostile_files_are_refused_before_anything_is_allocated(tmp_path):
+    """Each file is under 2 KB and declares a model of 1 GiB or a million layers; before, loading them took
+    3 GB and 1.6 GB of memory. Peak resident memory over the whole run is measured in a fresh process."""
+    import subprocess
+    import sys
+    files = hostile_files(tmp_path)
+    code = f"""
+import json, rnncore
+{PEAK}
+base = peak()
+said = []
+for path in {[str(p) for p, _ in files]!r}:
+    try:
+        rnncore.load(path)
+        said.append("loaded")
+    except ValueError as e:
+        said.append(str(e))
+print(json.dumps([peak() - base, said]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    grew, said = json.loads(r.stdout.split("\n")[-2])
+    assert grew < 32 * 2**20, f"peak resident memory grew by {grew} bytes loading files of under 2 KB"
+    for (path, words), message in zip(files, said):
+        assert words in message and len(message) < 1000, (path.name, message[:2000])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_loading_a_real_model_peaks_near_its_size(tmp_path):
+    """The file's arrays become the model's parameters: no random initialisation, no second copy."""
+    import subprocess
+    import sys
+    m = rnncore.LSTM(512, 1024, seed=0)                 # 6.3 million parameters, 25 MB in float32
+    path = tmp_path / "big.npz"
+    m.save(path)
+    nbytes = m.num_parameters() * 4
+    code = f"""
+import numpy as np, rnncore
+{PEAK}
+base = peak()
+m = rnncore.load({str(path)!r})
+assert m.parameters()["W_hh_l0"].shape == (4096, 1024) and np.isfinite(m.parameters()["W_hh_l0"]).all()
+print(peak() - base)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    grew = int(r.stdout.split()[-1])
+    print(f"loading {nbytes} bytes of parameters: peak resident memory +{grew} bytes")
+    assert grew < 1.5 * nbytes + 8 * 2**20, f"loading {nbytes} bytes of parameters took {grew} bytes at peak"
+
+
+def test_limits_are_what_the_module_says(tmp_path):
+    from rnncore import _io
+    assert (_io.MAX_LAYERS, _io.MAX_HEADER_CHARS, _io.MAX_NPY_HEADER_BYTES) == (1024, 16384, 10000)
+    ok = rnncore.RNN(1, 1, num_layers=1024, seed=0)
+    ok.save(tmp_path / "ok.npz")
+    same(ok, rnncore.load(tmp_path / "ok.npz"))
+    with pytest.raises(ValueError, match="^num_layers: a model file holds at most 1024 layers"):
+        rnncore.RNN(1, 1, num_layers=1025).save(tmp_path / "no.npz")
+    assert not (tmp_path / "no.npz").exists()
+    long = edited(lambda m: m.update(padding="x" * 16384))
+    write(tmp_path / "long.npz", long)
+    with pytest.raises(ValueError, match="not a JSON string of at most 16384 characters"):
+        rnncore.load(tmp_path / "long.npz")
+
+
+def test_compressed_files_load_and_other_methods_are_refused(tmp_path):
+    e = valid_entries()
+    np.savez_compressed(tmp_path / "small.npz", **e)
+    same(model("gru"), rnncore.load(tmp_path / "small.npz"))
+    with zipfile.ZipFile(tmp_path / "bz2.npz", "w", zipfile.ZIP_BZIP2) as z:
+        for k, v in e.items():
+            z.writestr(k + ".npy", npy_bytes(v))
+    with pytest.raises(ValueError, match="compression method 12"):
+        rnncore.load(tmp_path / "bz2.npz")
+
+
+def test_fortran_order_entries_load(tmp_path):
+    e = valid_entries("lstm")
+    path = craft(tmp_path / "f.npz", [(k + ".npy", npy_bytes(v if v.ndim == 0 else np.asfortranarray(v)))
+                                      for k, v in e.items()])
+    loaded = rnncore.load(path)
+    same(model("lstm"), loaded)
+    assert all(a.flags.c_contiguous for a in loaded.parameters().values())
+
+
+def test_duplicate_entries_are_refused(tmp_path):
+    """A zip may name an entry twice; NumPy's reader took the last one silently."""
+    e = valid_entries()
+    entries = [(k + ".npy", npy_bytes(v)) for k, v in e.items()]
+    entries.append(("W_hh_l0.npy", npy_bytes(np.zeros_like(e["W_hh_l0"]))))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # zipfile warns about the duplicate it writes
+        path = craft(tmp_path / "twice.npz", entries)
+    with zipfile.ZipFile(path) as z:
+        assert [i.filename for i in z.infolist()].count("W_hh_l0.npy") == 2
+    with pytest.raises(ValueError, match=r"entries named more than once \['W_hh_l0.npy'\]"):
+        rnncore.load(path)
+    twice_meta = [("__rnncore__.npy", npy_bytes(e["__rnncore__"]))] + entries[:-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = craft(tmp_path / "meta.npz", twice_meta)
+    with pytest.raises(ValueError, match=r"more than once \['__rnncore__.npy'\]"):
+        rnncore.load(path)
+
+
+def test_error_messages_are_bounded(tmp_path):
+    """A file naming 1024 layers but holding one lists a few names and counts the rest."""
+    e = valid_entries("rnn_tanh", num_layers=1, bidirectional=False)
+    meta = json.loads(str(e["__rnncore__"]))
+    meta["config"]["num_layers"] = 1024
+    e["__rnncore__"] = np.array(json.dumps(meta))
+    for i in range(3000):
+        e[f"junk_{i}"] = np.zeros(1, np.float32)
+    e["x" * 5000] = np.zeros(1, np.float32)
+    path = tmp_path / "many.npz"
+    write(path, e)
+    with pytest.raises(ValueError) as info:
+        rnncore.load(path)
+    message = str(info.value)
+    assert len(message) < 1500, len(message)
+    assert "missing ['W_hh_l1', " in message and "and 3061 more (3069 in all)" in message
+    assert "unexpected ['junk_0', " in message and "and 2993 more (3001 in all)" in message
+    m = rnncore.RNN(3, 4, num_layers=1000)
+    with pytest.raises(ValueError) as info:
+        m.load_state_dict({f"w{i}": np.zeros(1) for i in range(5000)})
+    message = str(info.value)
+    assert len(message) < 1000 and "and 2992 more (3000 in all)" in message and "(5000 in all)" in message

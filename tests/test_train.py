@@ -185,3 +185,183 @@ def test_gru_and_readout_learn_the_sum_of_a_sequence():
     # the target's variance is T/3 = 2.67; predicting 0 scores that
     assert start > 1.0
     assert end < 0.05, (start, end)
+
+
+# ---- the traps of the documented loop ------------------------------------------------------------
+
+def test_rnncore_train_is_an_attribute_after_import_rnncore():
+    import subprocess
+    import sys
+    code = "import rnncore; from rnncore.train import Adam; assert rnncore.train.Adam is Adam; print('ok')"
+    r = subprocess.run([sys.executable, "-c", "import rnncore; print(rnncore.train.Adam.__name__)"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "Adam", r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def _lstm_step(seed=0):
+    rng = np.random.default_rng(seed)
+    m = rnncore.LSTM(3, 4, num_layers=2, seed=seed)
+    x = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    y, _, tape = m.forward(x, train=True)
+    return m, m.backward(tape, (rng.standard_normal(y.shape) * 50).astype(np.float32))
+
+
+def test_backward_separates_parameter_gradients_from_input_gradients():
+    m, g = _lstm_step()
+    assert isinstance(g, rnncore.Gradients) and isinstance(g, dict)
+    assert list(g.parameters()) == list(m.parameters())
+    assert set(g.inputs()) == {"x", "h0", "c0"} and set(g) == set(m.parameters()) | {"x", "h0", "c0"}
+    cell = rnncore.GRUCell(3, 4, reset_after=True, seed=0)
+    h, tape = cell.forward(np.ones((2, 3), np.float32), train=True)
+    gc = cell.backward(tape, np.ones_like(h))
+    assert set(gc.parameters()) == set(cell.parameters()) and set(gc.inputs()) == {"x", "h"}
+    stream = rnncore.GRU(3, 4, seed=0).stream()
+    y, tape = stream.forward(np.ones((2, 2, 3), np.float32), train=True)
+    assert set(stream.backward(tape, np.ones_like(y)).inputs()) == {"x", "h0"}
+
+
+def test_clip_grad_norm_counts_parameter_gradients_only():
+    """Handed what backward returns, it measured and scaled "x", "h0" and "c0" too: the wrong norm."""
+    m, g = _lstm_step()
+    inputs = {k: v.copy() for k, v in g.inputs().items()}
+    params = {k: v.copy() for k, v in g.parameters().items()}
+    want = np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in params.values()))
+    everything = np.sqrt(want ** 2 + sum(np.sum(np.square(v, dtype=np.float64)) for v in inputs.values()))
+    assert everything > 1.01 * want > 1.0                  # the two norms differ here, and both need clipping
+    total = clip_grad_norm(g, 1.0)
+    assert total == pytest.approx(want, rel=1e-12)
+    for k, v in inputs.items():                              # input gradients untouched
+        np.testing.assert_array_equal(g[k], v)
+    for k, v in params.items():
+        np.testing.assert_allclose(g[k], v * (1.0 / (want + 1e-6)), rtol=1e-6)
+    # several dicts at once: one global norm
+    a, b = {"w": np.array([3.0])}, {"w": np.array([4.0])}
+    assert clip_grad_norm([a, b], 1.0) == pytest.approx(5.0)
+    np.testing.assert_allclose([a["w"][0], b["w"][0]], [0.6, 0.8], rtol=1e-6)
+
+
+def test_adam_takes_models_layers_and_lists_and_reads_only_their_parameter_names():
+    m, g = _lstm_step()
+    head = Linear(4, 2, seed=1)
+    head.forward(np.ones((5, 4), np.float32))
+    head.backward(np.ones((5, 2), np.float32))
+    # the documented loop ...
+    m1, h1 = rnncore.LSTM(3, 4, num_layers=2, seed=0), Linear(4, 2, seed=1)
+    opt = Adam([m1, h1], lr=0.01)
+    g1 = {k: v.copy() for k, v in g.items()}
+    norm = opt.step(rnncore.Gradients({"x": g1.pop("x"), "h0": g1.pop("h0"), "c0": g1.pop("c0")}, g1),
+                    dict(head.grads), max_norm=1.0)
+    # ... is the by-hand one: one dict of parameter gradients, clipped, then one Adam step
+    m2, h2 = rnncore.LSTM(3, 4, num_layers=2, seed=0), Linear(4, 2, seed=1)
+    params = {**m2.parameters(), **{"head." + k: v for k, v in h2.parameters().items()}}
+    grads = {**{k: g[k].copy() for k in m2.parameters()}, **{"head." + k: v.copy() for k, v in head.grads.items()}}
+    assert norm == pytest.approx(clip_grad_norm(grads, 1.0), rel=1e-12)
+    Adam(params, lr=0.01).step(grads)
+    for k, v in m1.parameters().items():
+        np.testing.assert_allclose(v, m2.parameters()[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    for k, v in h1.parameters().items():
+        np.testing.assert_allclose(v, h2.parameters()[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    assert not np.array_equal(m1.parameters()["W_ih_l0"], rnncore.LSTM(3, 4, num_layers=2, seed=0).parameters()["W_ih_l0"])
+    # the gradients handed to step are not changed by its clipping
+    g3 = {k: v.copy() for k, v in head.grads.items()}
+    Adam(Linear(4, 2, seed=1), lr=0.01).step(g3, max_norm=1e-3)
+    for k, v in head.grads.items():
+        np.testing.assert_array_equal(g3[k], v)
+
+
+@pytest.mark.parametrize("params,exc,match", [
+    (lambda: [1, 2], TypeError, r"^params\[0\]: expected a dict of name -> ndarray or an object with parameters\(\), got int"),
+    (lambda: [np.zeros(3)], TypeError, r"^params\[0\]: expected a dict"),
+    (lambda: "abc", TypeError, r"^params: expected a dict of name -> ndarray, an object with parameters\(\) .*got str"),
+    (lambda: [], ValueError, r"^params: expected at least one parameter"),
+    (lambda: {"w": [1.0, 2.0]}, TypeError, r"^params\['w'\]: expected a floating point ndarray, got list"),
+    (lambda: {"w": np.zeros(3, np.int32)}, TypeError, r"^params\['w'\]: expected a floating point ndarray, got .*int32"),
+    (lambda: {"w": np.ma.masked_array(np.zeros(3))}, TypeError, r"^params\['w'\]: masked arrays are not supported"),
+    (lambda: {"w": np.zeros(3)[::-1].copy().__array__()}, None, None),
+])
+def test_adam_bad_params(params, exc, match):
+    if exc is None:
+        Adam(params())
+        return
+    with pytest.raises(exc, match=match):
+        Adam(params())
+
+
+def test_adam_refuses_read_only_and_shared_arrays():
+    ro = np.zeros(3)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^params\['w'\]: read-only"):
+        Adam({"w": ro})
+    m = rnncore.RNN(2, 3, seed=0)
+    with pytest.raises(ValueError, match=r"^params\[1\]\['W_ih'\]: the same array as params\[0\]\['W_ih_l0'\]"):
+        Adam([m, rnncore.RNNCell.from_model(m)])
+
+
+def test_adam_step_bad_gradients():
+    m, g = _lstm_step()
+    head = Linear(4, 2, seed=1)
+    opt = Adam([m, head])
+    with pytest.raises(TypeError, match=r"^grads: expected 2 gradient dicts, one per parameter group \(LSTM, Linear\)"):
+        opt.step(g)
+    with pytest.raises(KeyError, match=r"grads\[1\]: no gradient for \['W', 'b'\]"):
+        opt.step(g, {})
+    bad = {"W": np.zeros((2, 4)), "b": np.zeros(2, np.float32)}
+    with pytest.raises(TypeError, match=r"^grads\[1\]\['W'\]: expected dtype float32 \(the parameter's\), got float64"):
+        opt.step(g, bad)
+    bad = {"W": np.ma.masked_array(np.zeros((2, 4), np.float32)), "b": np.zeros(2, np.float32)}
+    with pytest.raises(TypeError, match=r"^grads\[1\]\['W'\]: masked arrays are not supported"):
+        opt.step(g, bad)
+    with pytest.raises(ValueError, match=r"^max_norm: expected a positive number"):
+        opt.step(g, {"W": np.zeros((2, 4), np.float32), "b": np.zeros(2, np.float32)}, max_norm=-1)
+    assert opt.t == 0                                        # nothing changed by a refused step
+
+
+def test_clip_grad_norm_bad_input():
+    with pytest.raises(TypeError, match=r"^grads\['a'\]: masked arrays are not supported"):
+        clip_grad_norm({"a": np.ma.masked_array([3.0, 4.0], mask=[False, True])}, 1.0)
+    with pytest.raises(TypeError, match=r"^grads\['a'\]: expected a floating point ndarray, got list"):
+        clip_grad_norm({"a": [3.0, 4.0]}, 1.0)
+    with pytest.raises(TypeError, match=r"^grads: expected a dict of name -> ndarray"):
+        clip_grad_norm(np.zeros(3), 1.0)
+    for bad in (0, -1.0, float("nan"), "1", True):
+        with pytest.raises((ValueError, TypeError), match=r"^max_norm: expected a positive number"):
+            clip_grad_norm({"a": np.ones(2)}, bad)
+
+
+def test_linear_refuses_what_it_would_silently_cast():
+    lin = Linear(4, 2, seed=0)                              # float32
+    with pytest.raises(TypeError, match=r"^x: expected dtype float32 \(the layer's dtype\), got float64"):
+        lin.forward(np.zeros((3, 4)))
+    with pytest.raises(TypeError, match=r"^x: masked arrays are not supported"):
+        lin.forward(np.ma.masked_array(np.zeros((3, 4), np.float32)))
+    with pytest.raises(TypeError, match=r"^x: expected a numpy.ndarray of dtype float32, got list"):
+        lin.forward([[0.0] * 4])
+    lin.forward(np.zeros((3, 4), np.float32))
+    with pytest.raises(TypeError, match=r"^dy: expected dtype float32 \(the layer's dtype\), got float64"):
+        lin.backward(np.zeros((3, 2)))
+    for args, exc, match in [((0, 2), ValueError, "^in_features: expected a positive int, got 0"),
+                             ((2.5, 2), TypeError, "^in_features: expected a positive int, got float"),
+                             ((2, "3"), TypeError, "^out_features: expected a positive int, got str")]:
+        with pytest.raises(exc, match=match):
+            Linear(*args)
+    with pytest.raises(TypeError, match="^dtype: expected float32 or float64, got int32"):
+        Linear(2, 2, dtype=np.int32)
+    lin.parameters()["W"] = np.ma.masked_array(lin.parameters()["W"], mask=True)
+    with pytest.raises(TypeError, match=r"^parameter 'W': masked arrays are not supported"):
+        lin.forward(np.zeros((3, 4), np.float32))
+    lin.parameters()["W"] = np.zeros((2, 4))
+    with pytest.raises(TypeError, match=r"^parameter 'W': expected an ndarray of dtype float32, got ndarray of dtype float64"):
+        lin.forward(np.zeros((3, 4), np.float32))
+    with pytest.raises(TypeError, match=r"^weight_decay: expected a number >= 0, got str"):
+        Adam({"w": np.zeros(2)}, weight_decay="0.1")
+
+
+def test_mse_loss_refuses_masked_and_non_float():
+    with pytest.raises(TypeError, match=r"^pred: masked arrays are not supported"):
+        mse_loss(np.ma.masked_array([1.0, 2.0], mask=[0, 1]), np.zeros(2))
+    with pytest.raises(TypeError, match=r"^target: masked arrays are not supported"):
+        mse_loss(np.zeros(2), np.ma.masked_array([1.0, 2.0], mask=[0, 1]))
+    with pytest.raises(TypeError, match=r"^pred: expected floating point values, got dtype int64"):
+        mse_loss(np.array([1, 2]), np.zeros(2))

@@ -5,8 +5,10 @@
     y, (h_n, c_n) = lstm(x)                                  # inference
     y, state, tape = lstm.forward(x, train=True)             # training
     grads = lstm.backward(tape, dy)                          # dict: "x", "h0", "c0", parameters
+    grads.parameters()                                       # the parameter gradients alone
 
-``rnncore.reference`` has the same classes computed by a plain NumPy oracle.
+``rnncore.reference`` has the same classes computed by a plain NumPy oracle; ``rnncore.train`` a loss,
+a linear readout, gradient clipping and Adam.
 
 Interoperability (the frameworks are imported only when used): ``LSTM.from_torch(module)`` /
 ``model.to_torch()``, ``rnncore.from_keras(layers)`` / ``model.to_keras()``, ``model.to_onnx(path)`` /
@@ -15,20 +17,27 @@ Interoperability (the frameworks are imported only when used): ``LSTM.from_torch
 
 import numbers
 import operator
+import os as _os
 
 import numpy as np
 
-from . import _core, _threadpool, reference
-from ._convert import from_torch_state_dict, to_torch_state_dict
-from ._io import load
-from ._keras import from_keras
-from ._onnx import from_onnx
-from ._torch import from_torch
-from .cells import GRUCell, LSTMCell, RNNCell, Stream
-from .models import GRU, LSTM, RNN, Tape
+# OpenBLAS reads these when it is loaded (with _core, just below): they choose its kernels and their blocking,
+# so they decide the order of its sums, hence the result bits.
+_BLAS_KERNEL_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_BLAS_ENV = {k: _os.environ.get(k) for k in _BLAS_KERNEL_ENV}
+
+from . import _core, _threadpool, reference, train  # noqa: E402
+from ._convert import from_torch_state_dict, to_torch_state_dict  # noqa: E402
+from ._io import load  # noqa: E402
+from ._keras import from_keras  # noqa: E402
+from ._onnx import from_onnx  # noqa: E402
+from ._torch import from_torch  # noqa: E402
+from .cells import GRUCell, LSTMCell, RNNCell, Stream  # noqa: E402
+from .models import GRU, LSTM, RNN, Gradients, Tape  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "reference", "set_num_threads", "get_num_threads", "team_stats", "MAX_THREADS", "blas_info",
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "Gradients", "reference", "train",
+           "set_num_threads", "get_num_threads", "team_stats", "MAX_THREADS", "blas_info",
            "from_torch_state_dict", "to_torch_state_dict", "from_torch", "from_keras", "from_onnx", "load"]
 
 
@@ -62,9 +71,12 @@ def team_stats():
 
 
 def blas_info():
-    """What computes: the OpenBLAS kernel (core name), its build config, threads and our kernels' ISA."""
+    """What computes: the OpenBLAS kernel (core name), its build config, threads, our kernels' ISA, and
+    the environment variables that choose OpenBLAS's kernels as they were when rnncore was imported
+    (None when unset). Results are bit-identical between runs that report the same ``corename``,
+    ``config``, ``kernels`` and ``env`` (README, Guarantees: Determinism)."""
     return {"corename": _core.blas_corename(), "config": _core.blas_config(), "threads": _core.get_num_threads(),
-            "kernels": _core.kernel_isa()}
+            "kernels": _core.kernel_isa(), "env": dict(_BLAS_ENV)}
 
 
 _threadpool.register()

@@ -26,7 +26,10 @@ def _z_sign(cell, H, dtype):
     return s
 
 
-def _numpy(v):
+def _numpy(v, name):
+    if isinstance(v, np.ma.MaskedArray):
+        raise TypeError(f"state_dict[{name!r}]: masked arrays are not supported (the mask would be ignored); "
+                        f"pass a plain ndarray")
     return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
 
 
@@ -43,7 +46,7 @@ def from_torch_state_dict(state_dict, cell):
     arrays; dtypes are kept.
     """
     _check_cell(cell)
-    sd = {k: _numpy(v) for k, v in state_dict.items()}
+    sd = {k: _numpy(v, k) for k, v in state_dict.items()}
     out = {}
     for sfx in _suffixes(sd):
         W_ih, W_hh = sd["weight_ih" + sfx], sd["weight_hh" + sfx]

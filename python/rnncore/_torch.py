@@ -31,6 +31,8 @@ def _numpy(v, what):
         if name not in ("float32", "float64"):
             raise TypeError(f"{what}: expected float32 or float64 parameters, got {name}")
         return v.detach().cpu().numpy()
+    if isinstance(v, np.ma.MaskedArray):
+        raise TypeError(f"{what}: masked arrays are not supported (the mask would be ignored); pass a plain ndarray")
     return np.asarray(v)
 
 
@@ -103,7 +105,7 @@ def from_torch_state_dict(cls, state_dict, batch_first=False, dropout=0.0, **con
     sd = {k: _numpy(v, f"state_dict[{k!r}]") for k, v in state_dict.items()}
     bad = sorted(k for k in sd if not _KEY.match(k))
     if bad:
-        raise ValueError(f"state_dict: names {bad} are not those of a torch.nn.{_TORCH_NAME[base]} "
+        raise ValueError(f"state_dict: names {models._listed(bad)} are not those of a torch.nn.{_TORCH_NAME[base]} "
                          f"(expected weight_ih_l0, weight_hh_l0, bias_ih_l0, ...; proj_size is not supported)")
     if "weight_ih_l0" not in sd or "weight_hh_l0" not in sd:
         raise ValueError("state_dict: no weight_ih_l0 / weight_hh_l0")
@@ -132,7 +134,8 @@ def from_torch_state_dict(cls, state_dict, batch_first=False, dropout=0.0, **con
     missing, unexpected = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
     if missing or unexpected:
         raise ValueError(f"state_dict: names do not match a {layers}-layer{' bidirectional' * bidirectional} "
-                         f"torch.nn.{_TORCH_NAME[base]}: missing {missing}, unexpected {unexpected}")
+                         f"torch.nn.{_TORCH_NAME[base]}: missing {models._listed(missing)}, "
+                         f"unexpected {models._listed(unexpected)}")
     for k, shape in want.items():
         if sd[k].shape != shape:
             raise ValueError(f"state_dict[{k!r}]: expected shape {shape} for a torch.nn.{_TORCH_NAME[base]} with "

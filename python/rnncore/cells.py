@@ -142,8 +142,8 @@ class _Cell:
     def backward(self, tape, dh=None, dc=None):
         """Gradients of one training step, given dh (and dc) of the new state (None = zero).
 
-        Returns a dict: "x" (N, D), "h" (and "c"), the gradient w.r.t. the incoming state, and
-        one entry per parameter name.
+        Returns a :class:`rnncore.Gradients` dict: "x" (N, D), "h" (and "c"), the gradient w.r.t. the
+        incoming state, and one entry per parameter name (``parameters()``: those alone).
         """
         m = self._model
         dh = None if dh is None else self._one(dh, "dh")
@@ -152,11 +152,10 @@ class _Cell:
         elif dc is not None:
             raise ValueError(f"dc: {type(self).__name__} has no cell state; pass None")
         g = m.backward(tape, None, dh, dc)
-        out = {"x": g["x"][0], "h": g["h0"][0]}
+        inputs = {"x": g["x"][0], "h": g["h0"][0]}
         if m._has_c:
-            out["c"] = g["c0"][0]
-        out.update({k: g[k + "_l0"] for k in _SHORT if k + "_l0" in g})
-        return out
+            inputs["c"] = g["c0"][0]
+        return models.Gradients(inputs, {k: g[k + "_l0"] for k in _SHORT if k + "_l0" in g})
 
 
 class RNNCell(_Cell):

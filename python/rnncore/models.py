@@ -60,6 +60,87 @@ class Tape:
         own = getattr(self.engine_tape, "nbytes", None)
         return (own or 0) + (self.masks.nbytes if self.masks is not None else 0)
 
+    def __reduce_ex__(self, protocol):
+        raise TypeError("tape: a Tape cannot be pickled or copied: it holds the core's buffers of one forward "
+                        "call and belongs to the model that made it; call backward in the same process")
+
+
+class Gradients(dict):
+    """What ``backward`` returns: a dict of every gradient, so ``grads["x"]`` and ``grads["W_ih_l0"]``
+    read as before, which keeps the parameter gradients apart from the others by construction:
+    ``parameters()`` is the dict of the parameter gradients alone (the model's parameter names),
+    ``inputs()`` the gradients with respect to the input and the initial states ("x", "h0", "c0";
+    a cell's "x", "h", "c"). ``rnncore.train``'s ``clip_grad_norm`` and ``Adam`` read only the
+    parameter gradients of a Gradients."""
+
+    __slots__ = ("_inputs",)
+
+    def __init__(self, inputs, parameters):
+        super().__init__(inputs)
+        self._inputs = tuple(inputs)
+        self.update(parameters)
+
+    def parameters(self):
+        """name -> gradient of each parameter (a new dict of the same arrays)."""
+        return {k: v for k, v in self.items() if k not in self._inputs}
+
+    def inputs(self):
+        """The gradients with respect to the input and the initial states (a new dict of the same arrays)."""
+        return {k: self[k] for k in self._inputs if k in self}
+
+    def __reduce__(self):
+        return (Gradients, (self.inputs(), self.parameters()))
+
+
+class _Parameters(dict):
+    """A model's live parameters, name -> ndarray: a dict that takes only the model's own names.
+
+    An entry may be replaced (by an array of any shape or dtype, which the next call then names)
+    or removed (``load_state_dict`` restores it), but a name the model does not have is refused
+    where it would enter: the model could not save or load it. Masked arrays are refused too
+    (the core would ignore their mask).
+    """
+
+    __slots__ = ("_names", "_owner")
+
+    def __init__(self, names, owner, items=()):
+        super().__init__()
+        self._names = frozenset(names)
+        self._owner = owner
+        self.update(items)
+
+    def _check(self, name, value):
+        if name not in self._names:
+            raise ValueError(f"parameters: {_short_repr(name)} is not a parameter of this {self._owner} (its names: "
+                             f"{_listed(self._names)}); keep other parameters, a readout's say, in a dict of your "
+                             f"own: {{**model.parameters(), **other}}")
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(f"parameters[{name!r}]: masked arrays are not supported (the mask would be ignored); "
+                            f"pass a plain ndarray")
+
+    def __setitem__(self, name, value):
+        self._check(name, value)
+        super().__setitem__(name, value)
+
+    def update(self, *args, **kw):
+        items = dict(*args, **kw)
+        for name, value in items.items():
+            self._check(name, value)
+        for name, value in items.items():
+            super().__setitem__(name, value)
+
+    def setdefault(self, name, default=None):
+        if name not in self:
+            self[name] = default
+        return self[name]
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def __reduce__(self):
+        return (_Parameters, (sorted(self._names), self._owner, dict(self)))
+
 
 class _Recurrent:
     """Shared by RNN, LSTM and GRU: configuration, parameters, argument checking, calls.
@@ -74,6 +155,55 @@ class _Recurrent:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
                  dropout=0.0, dtype=None, seed=None):
+        rng = self._configure(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
+        total = self._check_model_sizes()
+        np.empty(total, self.dtype)  # untouched: a model that cannot fit fails here at once, with MemoryError
+        k = 1.0 / np.sqrt(self.hidden_size)
+        self._params = self._new_parameters()
+        for name, shape in self._param_shapes():
+            self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
+
+    def _configure_extra(self, **extra):
+        """The subclass's own constructor arguments (RNN: nonlinearity, GRU: reset_after), checked and set."""
+        if extra:
+            raise TypeError(f"{type(self).__name__}: unexpected arguments {sorted(extra)}")
+
+    @classmethod
+    def _unparameterised(cls, config):
+        """A model of this configuration (constructor arguments but seed, all checked) without parameters:
+        nothing is allocated. ``_adopt`` gives it its parameters."""
+        config = dict(config)
+        base = {k: config.pop(k) for k in ("input_size", "hidden_size", "num_layers", "bidirectional",
+                                           "batch_first", "dropout", "dtype") if k in config}
+        model = cls.__new__(cls)
+        model._configure_extra(**config)
+        model._configure(**base)
+        model._check_model_sizes()
+        model._params = model._new_parameters()
+        return model
+
+    def _adopt(self, arrays):
+        """Take ``arrays`` (name -> ndarray of exactly this model's names, shapes and dtype) as the
+        parameters, without copying those that are C-contiguous, aligned and writeable."""
+        expected = dict(self._param_shapes())
+        if set(arrays) != set(expected):
+            raise ValueError("arrays: names do not match the model")
+        params = {}
+        for name, shape in expected.items():
+            a = arrays[name]
+            if type(a) is not np.ndarray or a.dtype != self.dtype or a.shape != shape:
+                raise ValueError(f"arrays[{name!r}]: expected an ndarray of dtype {self.dtype} and shape {shape}")
+            flags = a.flags
+            params[name] = a if flags.c_contiguous and flags.aligned and flags.writeable else np.array(a, order="C")
+        self._params = self._new_parameters(params)
+        return self
+
+    def _new_parameters(self, items=()):
+        return _Parameters((name for name, _ in self._param_shapes()), type(self).__name__, items)
+
+    def _configure(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
+                   dropout=0.0, dtype=None, seed=None):
+        """Check and set the configuration; returns the generator that initialises parameters."""
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
         self.num_layers = _positive_int(num_layers, "num_layers")
@@ -84,24 +214,19 @@ class _Recurrent:
         self.bidirectional = bool(bidirectional)
         self.batch_first = bool(batch_first)
         if not isinstance(dropout, numbers.Real) or not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {_short_repr(dropout)}")
         self.dropout = float(dropout)
         try:
             dt = np.dtype(self._default_dtype if dtype is None else dtype)
         except TypeError:
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+            raise TypeError(f"dtype: expected float32 or float64, got {_short_repr(dtype)}") from None
         if dt not in _DTYPES:
             raise TypeError(f"dtype: expected float32 or float64, got {dt}")
         self.dtype = dt
         self.seed = seed
         rng = np.random.default_rng(seed)
         self._dropout_rng = np.random.default_rng(rng.integers(2**63))
-        total = self._check_model_sizes()
-        np.empty(total, self.dtype)  # untouched: a model that cannot fit fails here at once, with MemoryError
-        k = 1.0 / np.sqrt(self.hidden_size)
-        self._params = {}
-        for name, shape in self._param_shapes():
-            self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
+        return rng
 
     # ---- configuration -------------------------------------------------------------------
 
@@ -155,8 +280,15 @@ class _Recurrent:
         return sum(int(np.prod(s)) for _, s in self._param_shapes())
 
     def state_dict(self):
-        """A copy of every parameter, name -> ndarray."""
-        return {k: v.copy() for k, v in self._params.items()}
+        """A copy of every parameter, name -> ndarray: what ``load_state_dict`` takes back. A parameter
+        removed or replaced by one of another shape through ``parameters()`` is named (TypeError, ValueError)."""
+        out = {}
+        for name, shape in self._param_shapes():
+            a = self._params.get(name)
+            if not isinstance(a, np.ndarray) or a.shape != shape or isinstance(a, np.ma.MaskedArray):
+                self._bad_parameter(name, a, shape)
+            out[name] = a.copy()
+        return out
 
     def load_state_dict(self, state_dict):
         """Copy parameters in (cast to this model's dtype). Checks everything before changing anything."""
@@ -167,10 +299,14 @@ class _Recurrent:
         unexpected = sorted(set(state_dict) - set(expected))
         if missing or unexpected:
             raise ValueError(f"state_dict: names do not match this {type(self).__name__}: "
-                             f"missing {missing}, unexpected {unexpected}")
+                             f"missing {_listed(missing)}, unexpected {_listed(unexpected)}")
         staged = {}
         for name, shape in expected.items():
-            a = np.asarray(state_dict[name])
+            a = state_dict[name]
+            if isinstance(a, np.ma.MaskedArray):
+                raise TypeError(f"state_dict[{name!r}]: masked arrays are not supported (the mask would be ignored); "
+                                f"pass a plain ndarray")
+            a = np.asarray(a)
             if a.dtype.kind != "f":
                 raise TypeError(f"state_dict[{name!r}]: expected floating point values, got dtype {a.dtype}")
             if a.shape != shape:
@@ -200,13 +336,19 @@ class _Recurrent:
             arrays = []
             for name, shape in group:
                 a = params.get(name)
-                if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
-                    self._bad_parameter(name, a, shape)
+                if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
+                    # the exact type is the fast path; an ndarray subclass other than a masked array passes too
+                    if (not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray) or a.dtype != dtype
+                            or a.shape != shape):
+                        self._bad_parameter(name, a, shape)
                 arrays.append(_c_aligned(a))
             out.append(tuple(arrays) + (None,) * (4 - len(arrays)))
         return out
 
     def _bad_parameter(self, name, a, shape):
+        if isinstance(a, np.ma.MaskedArray):
+            raise TypeError(f"parameter {name!r}: masked arrays are not supported (the mask would be ignored); "
+                            f"assign a plain ndarray")
         if not isinstance(a, np.ndarray):
             raise TypeError(f"parameter {name!r}: expected an ndarray, got {_describe(a)}")
         if a.dtype != self.dtype:
@@ -257,7 +399,8 @@ class _Recurrent:
         return y, ((h_n, c_n) if self._has_c else h_n), tape
 
     def backward(self, tape, dy=None, dh_n=None, dc_n=None):
-        """Gradients of a training forward: dict with "x", "h0", ("c0",) and every parameter name.
+        """Gradients of a training forward: a :class:`Gradients` dict with "x", "h0", ("c0",) and every
+        parameter name; its ``parameters()`` are the parameter gradients alone.
 
         dy has y's shape, dh_n (and dc_n) the final state's; any may be None (zero).
         """
@@ -288,13 +431,12 @@ class _Recurrent:
         elif dc_n is not None:
             raise ValueError(f"dc_n: {type(self).__name__} has no cell state; pass None")
         dx, dh0, dc0, dw = self._engine.backward(tape.engine_tape, tape.weights, tape.masks, dy, dh_n, dc_n)
-        grads = {"x": np.ascontiguousarray(dx.transpose(1, 0, 2)) if self.batch_first else dx, "h0": dh0}
+        inputs = {"x": np.ascontiguousarray(dx.transpose(1, 0, 2)) if self.batch_first else dx, "h0": dh0}
         if self._has_c:
-            grads["c0"] = dc0
+            inputs["c0"] = dc0
         names = [n for n, _ in self._param_shapes()]
         flat = [a for group in dw for a in group if a is not None]
-        grads.update(zip(names, flat))
-        return grads
+        return Gradients(inputs, zip(names, flat))
 
     # ---- interoperability and files: thin delegates to _torch, _keras, _onnx and _io ------
 
@@ -442,6 +584,20 @@ def _c_aligned(a):
     return a if flags.c_contiguous and flags.aligned else np.array(a, order="C")
 
 
+def _short_repr(v, limit=80):
+    """repr(v), cut to about ``limit`` characters: messages stay short whatever the value."""
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit - 15] + f"... ({len(r)} chars)"
+
+
+def _listed(names, limit=8):
+    """Sorted names as a list literal, at most ``limit`` of them, then how many more: bounded messages."""
+    names = sorted(names)
+    shown = ", ".join(_short_repr(n, 60) for n in names[:limit])
+    more = f", ... and {len(names) - limit} more ({len(names)} in all)" if len(names) > limit else ""
+    return f"[{shown}{more}]"
+
+
 def _positive_int(v, name):
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name}: expected a positive int, got {_describe(v)}")
@@ -457,10 +613,13 @@ class RNN(_Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bidirectional=False,
                  batch_first=False, dropout=0.0, dtype=None, seed=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
+        self._configure_extra(nonlinearity=nonlinearity)
         super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
+
+    def _configure_extra(self, nonlinearity="tanh"):
+        if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {_short_repr(nonlinearity)}")
+        self.nonlinearity = nonlinearity
 
     @property
     def cell(self):
@@ -489,10 +648,13 @@ class GRU(_Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, reset_after=False, bidirectional=False,
                  batch_first=False, dropout=0.0, dtype=None, seed=None):
+        self._configure_extra(reset_after=reset_after)
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
+
+    def _configure_extra(self, reset_after=False):
         if not isinstance(reset_after, (bool, np.bool_)):
             raise TypeError(f"reset_after: expected a bool, got {_describe(reset_after)}")
         self.reset_after = bool(reset_after)
-        super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
 
     @property
     def cell(self):

@@ -1,32 +1,73 @@
 """A small training toolkit for rnncore models: a loss, a linear readout, gradient clipping, Adam.
 
-Everything works on plain ndarrays and on dicts name -> ndarray, the same shape as a model's
-``parameters()`` and ``backward()`` results, so one training step reads::
+Parameters are dicts name -> ndarray, like a model's ``parameters()``. A model's (or cell's, or
+stream's) ``backward`` returns a :class:`rnncore.Gradients`: a dict of every gradient whose
+``parameters()`` are the parameter gradients alone, apart from the gradients with respect to
+the input and the initial states ("x", "h0", "c0"). ``Adam`` takes the models and layers it
+trains, and reads from the gradients of each exactly that one's parameter names, so an input's
+gradient is never clipped or applied as a parameter's. One training step::
 
+    opt = Adam([rnn, readout], lr=1e-3)                # built once: the parameters of both
     y, h_n, tape = rnn.forward(x, train=True)          # x (T, N, D), h_n (1, N, H)
-    pred = readout.forward(h_n[-1])                    # (N, H) -> (N, out)
-    loss, dpred = mse_loss(pred, target)               # target (N, out)
-    dh = readout.backward(dpred)                       # (N, H); readout.grads filled
-    grads = rnn.backward(tape, dh_n=dh[None])          # dh_n (1, N, H)
-    params = {**rnn.parameters(), **{"readout." + k: v for k, v in readout.parameters().items()}}
-    grads = {**{k: grads[k] for k in rnn.parameters()}, **{"readout." + k: v for k, v in readout.grads.items()}}
-    clip_grad_norm(grads, 1.0)
-    opt.step(grads)                                    # opt = Adam(params), built once
+    loss, dpred = mse_loss(readout.forward(h_n[-1]), target)          # target (N, out)
+    grads = rnn.backward(tape, dh_n=readout.backward(dpred)[None])    # readout.grads filled too
+    opt.step(grads, readout.grads, max_norm=1.0)       # one global norm over both, clipped; then Adam
+
+Nothing is cast: arrays must have the dtype of the layer or parameter they meet, and masked
+arrays are refused (their mask would be ignored).
 """
+
+from collections.abc import Mapping
 
 import numpy as np
 
+from . import models
+from .models import Gradients, _listed, _positive_int
+
 __all__ = ["mse_loss", "Linear", "clip_grad_norm", "Adam"]
+
+
+def _describe(a):
+    if isinstance(a, np.ndarray):
+        return f"{type(a).__name__} of dtype {a.dtype}"
+    return type(a).__name__
+
+
+def _not_masked(a, name):
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass a plain ndarray")
+
+
+def _float_array(a, name):
+    """a itself if it is a plain floating point ndarray, else a TypeError naming it."""
+    _not_masked(a, name)
+    if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating point ndarray, got {_describe(a)}")
+    return a
+
+
+def _positive_number(v, name):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a positive number, got {type(v).__name__}")
+    if not v > 0:
+        raise ValueError(f"{name}: expected a positive number, got {v!r}")
+    return float(v)
 
 
 def mse_loss(pred, target):
     """Mean squared error over every element.
 
-    pred, target: arrays of the same shape. Returns (loss, dpred): loss a Python float,
-    dpred = d loss / d pred, shape and dtype of pred.
+    pred: floating point array; target: numbers of the same shape (cast to pred's dtype).
+    Returns (loss, dpred): loss a Python float, dpred = d loss / d pred, shape and dtype of pred.
     """
+    _not_masked(pred, "pred")
+    _not_masked(target, "target")
     pred = np.asarray(pred)
     target = np.asarray(target)
+    if pred.dtype.kind != "f":
+        raise TypeError(f"pred: expected floating point values, got dtype {pred.dtype}")
+    if target.dtype.kind not in "fiu":
+        raise TypeError(f"target: expected real numbers, got dtype {target.dtype}")
     if pred.shape != target.shape:
         raise ValueError(f"pred and target: expected the same shape, got {pred.shape} and {target.shape}")
     if pred.size == 0:
@@ -42,13 +83,18 @@ class Linear:
 
     Parameters: "W" (out_features, in_features), "b" (out_features,), initialised uniform in
     ±1/sqrt(in_features) from ``seed``. ``forward`` keeps its input for one ``backward``.
+    Inputs must have the layer's dtype (float32 by default), as a model's do.
     """
 
     def __init__(self, in_features, out_features, dtype=np.float32, seed=None):
-        if int(in_features) < 1 or int(out_features) < 1:
-            raise ValueError(f"in_features, out_features: expected positive ints, got {in_features}, {out_features}")
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self.dtype = np.dtype(dtype)
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = _positive_int(out_features, "out_features")
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype: expected float32 or float64, got {models._short_repr(dtype)}") from None
+        if self.dtype not in models._DTYPES:
+            raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(self.in_features)
         self._params = {
@@ -58,17 +104,42 @@ class Linear:
         self.grads = {}
         self._x = None
 
+    def __repr__(self):
+        return f"Linear({self.in_features}, {self.out_features}, dtype={self.dtype.name})"
+
     def parameters(self):
         """The live parameters, name -> ndarray; editing an array in place changes the layer."""
         return self._params
 
+    def _check(self, a, name):
+        _not_masked(a, name)
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got {_describe(a)}")
+        if a.dtype != self.dtype:
+            raise TypeError(f"{name}: expected dtype {self.dtype} (the layer's dtype), got {a.dtype}")
+        return a
+
+    def _weights(self):
+        """W and b, checked as a model checks its parameters (they may have been replaced through parameters())."""
+        out = []
+        for name, shape in (("W", (self.out_features, self.in_features)), ("b", (self.out_features,))):
+            a = self._params.get(name)
+            _not_masked(a, f"parameter {name!r}")
+            if not isinstance(a, np.ndarray) or a.dtype != self.dtype:
+                raise TypeError(f"parameter {name!r}: expected an ndarray of dtype {self.dtype}, got {_describe(a)}")
+            if a.shape != shape:
+                raise ValueError(f"parameter {name!r}: expected shape {shape}, got {a.shape}")
+            out.append(a)
+        return out
+
     def forward(self, x):
         """x (..., in_features) -> y (..., out_features)."""
-        x = np.asarray(x)
+        x = self._check(x, "x")
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"x: expected last dimension in_features={self.in_features}, got shape {x.shape}")
+        W, b = self._weights()
         self._x = x
-        return x @ self._params["W"].T + self._params["b"]
+        return x @ W.T + b
 
     def backward(self, dy):
         """dy (..., out_features), like the last forward's y -> dx (..., in_features).
@@ -77,80 +148,189 @@ class Linear:
         """
         if self._x is None:
             raise RuntimeError("backward: call forward first")
-        dy = np.asarray(dy)
+        dy = self._check(dy, "dy")
         want = self._x.shape[:-1] + (self.out_features,)
         if dy.shape != want:
             raise ValueError(f"dy: expected shape {want} (like y), got {dy.shape}")
+        W, _ = self._weights()
         x2 = self._x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
         self.grads = {"W": (dy2.T @ x2).astype(self.dtype, copy=False),
                       "b": dy2.sum(axis=0).astype(self.dtype, copy=False)}
-        return dy @ self._params["W"]
+        return dy @ W
+
+
+def _gradient_dicts(grads, name):
+    """[(label, dict name -> gradient)] from a dict, a Gradients (its parameter gradients only) or a list of those."""
+    if isinstance(grads, (list, tuple)):
+        return [(f"{name}[{i}]", d) for i, g in enumerate(grads) for _, d in _gradient_dicts(g, f"{name}[{i}]")]
+    if isinstance(grads, Gradients):
+        return [(name, grads.parameters())]
+    if isinstance(grads, Mapping):
+        return [(name, grads)]
+    raise TypeError(f"{name}: expected a dict of name -> ndarray (a backward's result counts its parameter "
+                    f"gradients only) or a list of those, got {_describe(grads)}")
+
+
+def _global_norm(arrays):
+    return float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in arrays)))
 
 
 def clip_grad_norm(grads, max_norm):
-    """Scale every array in ``grads`` (dict name -> ndarray) in place so that their global L2 norm
-    is at most ``max_norm``. Returns the norm before clipping (a float, computed in float64).
+    """Scale gradients in place so that their global L2 norm is at most ``max_norm``; returns the
+    norm before clipping (a float, computed in float64).
 
-    Pass parameter gradients only: a model's backward also returns "x" and "h0", which are not.
+    grads: a dict name -> ndarray (every array in it counts), what a model's ``backward``
+    returns (a :class:`rnncore.Gradients`: its parameter gradients count, "x", "h0" and "c0"
+    neither count nor change), or a list of those, clipped together by one global norm.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm: expected a positive number, got {max_norm!r}")
-    total = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values())))
+    max_norm = _positive_number(max_norm, "max_norm")
+    arrays, seen = [], set()
+    for label, d in _gradient_dicts(grads, "grads"):
+        for k, g in d.items():
+            g = _float_array(g, f"{label}[{k!r}]")
+            if not g.flags.writeable:
+                raise ValueError(f"{label}[{k!r}]: read-only; clipping scales gradients in place")
+            if id(g) not in seen:      # an array listed twice is scaled once
+                seen.add(id(g))
+                arrays.append(g)
+    total = _global_norm(arrays)
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
-        for g in grads.values():
+        for g in arrays:
             g *= g.dtype.type(scale)
     return total
 
 
 class Adam:
-    """Adam (Kingma & Ba, 2015) with bias correction, updating ``params`` in place.
+    """Adam (Kingma & Ba, 2015) with bias correction, updating parameters in place.
+
+    ``params``: what it trains, as one or several parameter groups: a dict name -> ndarray, an
+    object with ``parameters()`` (a model, a cell, a ``Linear``), or a list of those. ``step``
+    then takes one gradient dict per group, in the same order, and reads from each exactly its
+    group's parameter names (a model's "x", "h0", "c0" are never read).
 
     For each parameter p with gradient g, at step t = 1, 2, ...:
         g <- g + weight_decay * p                 (L2 penalty, as torch.optim.Adam; not AdamW)
         m <- beta1 * m + (1 - beta1) * g          v <- beta2 * v + (1 - beta2) * g^2
         p <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
-    m and v start at zero and have each parameter's shape and dtype.
+    m and v start at zero and have each parameter's shape and dtype; ``m`` and ``v`` are dicts
+    name -> array (with several groups, a list of such dicts, one per group).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        if not lr > 0:
-            raise ValueError(f"lr: expected a positive number, got {lr!r}")
-        b1, b2 = betas
+        lr = _positive_number(lr, "lr")
+        try:
+            b1, b2 = (float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise TypeError(f"betas: expected two numbers in [0, 1), got {models._short_repr(betas)}") from None
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
-        if weight_decay < 0:
+        if isinstance(weight_decay, (bool, np.bool_)) or not isinstance(weight_decay, (int, float, np.integer,
+                                                                                       np.floating)):
+            raise TypeError(f"weight_decay: expected a number >= 0, got {type(weight_decay).__name__}")
+        if not weight_decay >= 0:
             raise ValueError(f"weight_decay: expected a number >= 0, got {weight_decay!r}")
-        for name, p in params.items():
-            if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
-                raise TypeError(f"params[{name!r}]: expected a floating point ndarray")
-        self.params = params
-        self.lr, self.betas, self.eps, self.weight_decay = float(lr), (float(b1), float(b2)), float(eps), float(weight_decay)
+        eps = _positive_number(eps, "eps")
+        self._groups = self._parameter_groups(params)
+        self.params = self._groups[0][1] if len(self._groups) == 1 else [g for _, g, _ in self._groups]
+        self.lr, self.betas, self.eps, self.weight_decay = lr, (b1, b2), float(eps), float(weight_decay)
         self.t = 0
-        self.m = {k: np.zeros_like(p) for k, p in params.items()}
-        self.v = {k: np.zeros_like(p) for k, p in params.items()}
+        ms = [{k: np.zeros_like(g[k]) for k in names} for _, g, names in self._groups]
+        vs = [{k: np.zeros_like(g[k]) for k in names} for _, g, names in self._groups]
+        self._mv = list(zip(ms, vs))
+        self.m, self.v = (ms[0], vs[0]) if len(ms) == 1 else (ms, vs)
 
-    def step(self, grads):
-        """One update. ``grads`` must hold a gradient of the same shape for every parameter name;
-        other keys (a model's "x", "h0", ...) are ignored."""
-        missing = [k for k in self.params if k not in grads]
-        if missing:
-            raise KeyError(f"grads: no gradient for {missing}")
-        for k, p in self.params.items():
-            if np.shape(grads[k]) != p.shape:
-                raise ValueError(f"grads[{k!r}]: expected shape {p.shape}, got {np.shape(grads[k])}")
+    @staticmethod
+    def _parameter_groups(params):
+        """[(label, live mapping name -> ndarray, names)], each parameter checked."""
+        def one(p, label, what):
+            if isinstance(p, Mapping):
+                return (label, p)
+            if callable(getattr(p, "parameters", None)) and isinstance(p.parameters(), Mapping):
+                return (type(p).__name__, p.parameters())
+            raise TypeError(f"{what}: expected a dict of name -> ndarray or an object with parameters(), "
+                            f"got {_describe(p)}")
+
+        if isinstance(params, (list, tuple)):
+            groups = [one(p, f"params[{i}]", f"params[{i}]") + (f"params[{i}]",) for i, p in enumerate(params)]
+        elif isinstance(params, Mapping) or callable(getattr(params, "parameters", None)):
+            groups = [one(params, "params", "params") + ("params",)]
+        else:
+            raise TypeError(f"params: expected a dict of name -> ndarray, an object with parameters() (a model, a "
+                            f"cell, a Linear) or a list of those, got {_describe(params)}")
+        out, owner = [], {}
+        for label, mapping, where in groups:
+            for k, p in mapping.items():
+                p = _float_array(p, f"{where}[{k!r}]")
+                if not p.flags.writeable:
+                    raise ValueError(f"{where}[{k!r}]: read-only; Adam updates parameters in place")
+                if id(p) in owner:
+                    raise ValueError(f"{where}[{k!r}]: the same array as {owner[id(p)]}; it would be updated twice")
+                owner[id(p)] = f"{where}[{k!r}]"
+            out.append((label, mapping, tuple(mapping)))
+        if not owner:
+            raise ValueError("params: expected at least one parameter, got none")
+        return out
+
+    def step(self, *grads, max_norm=None):
+        """One update: one gradient dict per parameter group, in the order given to the constructor.
+
+        Each must hold a gradient of the parameter's shape and dtype for every parameter name of its
+        group; other keys are never read (a :class:`rnncore.Gradients` may be passed as it is).
+        With ``max_norm``, the gradients read are scaled together to a global L2 norm of at most
+        ``max_norm`` first (as ``clip_grad_norm``; the arrays passed in are not changed), and the norm
+        before clipping is returned. Everything is checked before anything changes.
+        """
+        n = len(self._groups)
+        if len(grads) != n:
+            labels = ", ".join(label for label, _, _ in self._groups)
+            raise TypeError(f"grads: expected {n} gradient dict{'s' if n > 1 else ''}, one per parameter group "
+                            f"({labels}) in order, got {len(grads)}")
+        if max_norm is not None:
+            max_norm = _positive_number(max_norm, "max_norm")
+        work = []
+        for i, ((_, params, names), g, (m, _)) in enumerate(zip(self._groups, grads, self._mv)):
+            where = "grads" if n == 1 else f"grads[{i}]"
+            if isinstance(g, Gradients):
+                g = g.parameters()
+            if not isinstance(g, Mapping):
+                raise TypeError(f"{where}: expected a dict of name -> ndarray, got {_describe(g)}")
+            missing = [k for k in names if k not in g]
+            if missing:
+                raise KeyError(f"{where}: no gradient for {_listed(missing)}")
+            for k in names:
+                p = params.get(k)
+                if not isinstance(p, np.ndarray) or p.shape != m[k].shape or p.dtype != m[k].dtype:
+                    raise ValueError(f"params[{k!r}]: replaced by {_describe(p)} since this Adam was built; "
+                                     f"expected shape {m[k].shape} and dtype {m[k].dtype}")
+                gk = g[k]
+                _not_masked(gk, f"{where}[{k!r}]")
+                if np.shape(gk) != p.shape:
+                    raise ValueError(f"{where}[{k!r}]: expected shape {p.shape}, got {np.shape(gk)}")
+                if not isinstance(gk, np.ndarray) or gk.dtype != p.dtype:
+                    got = gk.dtype if isinstance(gk, np.ndarray) else type(gk).__name__
+                    raise TypeError(f"{where}[{k!r}]: expected dtype {p.dtype} (the parameter's), got {got}")
+                work.append((p, gk, i, k))
+        total = None
+        scale = 1.0
+        if max_norm is not None:
+            total = _global_norm(gk for _, gk, _, _ in work)
+            if total > max_norm:
+                scale = max_norm / (total + 1e-6)
         self.t += 1
         b1, b2 = self.betas
         step_size = self.lr / (1.0 - b1 ** self.t)
         v_correction = 1.0 / (1.0 - b2 ** self.t)
-        for k, p in self.params.items():
-            g = np.asarray(grads[k], dtype=p.dtype)
+        for p, g, i, k in work:
+            if scale != 1.0:
+                g = g * p.dtype.type(scale)
             if self.weight_decay:
                 g = g + p.dtype.type(self.weight_decay) * p
-            m, v = self.m[k], self.v[k]
+            m, v = self._mv[i][0][k], self._mv[i][1][k]
             m *= b1
             m += (1.0 - b1) * g
             v *= b2
             v += (1.0 - b2) * np.square(g)
             p -= (step_size * m / (np.sqrt(v * v_correction) + self.eps)).astype(p.dtype, copy=False)
+        return total
