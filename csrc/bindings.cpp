@@ -337,6 +337,7 @@ PYBIND11_MODULE(_core, m) {
     d["solo_calls"] = t.solo_calls;
     d["steals"] = t.steals;
     d["stalls"] = t.stalls;
+    d["moves"] = t.moves;
     d["workers"] = t.workers;
     return d;
   });

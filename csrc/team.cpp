@@ -16,6 +16,9 @@
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
 #endif
+#if defined(__linux__)
+#include <sched.h>
+#endif
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define RNNCORE_PAUSE() _mm_pause()
@@ -32,6 +35,7 @@ namespace {
 std::atomic<int> g_team_size{1};
 std::atomic<int> g_interrupt{0};
 thread_local bool tl_watch = false;
+std::atomic<int64_t> g_moves{0};
 std::atomic<int64_t> g_team_calls{0}, g_solo_calls{0}, g_steals{0}, g_workers{0};
 
 using Clock = std::chrono::steady_clock;
@@ -79,8 +83,9 @@ constexpr int64_t kSleepAfterNs = 100000;
 // A wait for an item another thread has started counts as a stall (that thread has lost its
 // core) past this, plus a few times the waiting thread's own last item.
 constexpr int64_t kStallNs = 100000;
-// Items taken over from late partners in one job before the thread goes on alone.
-constexpr int kStealsForStall = 8;
+// Once a partner was found absent (descheduled, or still waking up), its items are taken over
+// after this short wait, until it is seen doing them again.
+constexpr int64_t kQuickStealNs = 2000;
 // How long an idle worker spins for the next call before it sleeps.
 constexpr int64_t kIdleSpinNs = 100000;
 // After a stalled call, calls run on their caller alone for a while, twice as long after each
@@ -99,8 +104,7 @@ struct Job {
   // Once a thread has waited too long for another's item, it alone runs the rest of the job:
   // the others finish the item they hold and stop claiming.
   std::atomic<int> owner{-1};
-  std::atomic<int> stolen{0};
-  std::atomic<int> joined{1};  // the caller, then each worker as it starts on the job
+  int caller_cpu = -1;
   std::atomic<int> sleepers{0};
   std::atomic<uint32_t> wake{0};
 
@@ -137,37 +141,44 @@ struct Job {
     const int o = owner.load(std::memory_order_relaxed);
     return o >= 0 && o != q;
   }
-  // Waits until `target` items are done. Thread q takes over unstarted items of stage j after a
-  // while (if it may), and declares a stall when an item another thread holds keeps it waiting.
-  bool wait_for(int64_t target, int64_t j, int q, int64_t own_ns, bool is_caller) {
-    if (done.load(std::memory_order_acquire) >= target) return true;
+  // Waits until `target` items are done. Thread q takes over unstarted items of stage j after
+  // `steal_after` (if it may): 20 us at first, a moment once a partner was found absent, until
+  // the partner is seen doing its own item again. It declares a stall when an item another
+  // thread holds keeps it waiting: that thread has lost its core in the middle of its item.
+  bool wait_for(int64_t target, int64_t j, int q, int64_t own_ns, bool is_caller, int64_t& steal_after) {
+    if (done.load(std::memory_order_acquire) >= target) {
+      steal_after = kStealAfterNs;
+      return true;
+    }
     const int64_t t0 = now_ns();
-    bool stole = false;
+    bool looked = false, stole = false;
     for (int spin = 0;; ++spin) {
-      if (done.load(std::memory_order_acquire) >= target) return true;
+      if (done.load(std::memory_order_acquire) >= target) {
+        if (!stole) steal_after = kStealAfterNs;
+        return true;
+      }
       if (stop.load(std::memory_order_relaxed)) return false;
       RNNCORE_PAUSE();
-      if ((spin & 31) != 31) continue;
+      if ((spin & 7) != 7) continue;
       if (is_caller && interrupted()) {
         stop.store(true);
         notify();
         return false;
       }
       const int64_t waited = now_ns() - t0;
-      if (!stole && waited > kStealAfterNs && !excluded(q)) {
-        stole = true;
+      if (!looked && waited > steal_after && !excluded(q)) {
+        looked = true;
         for (int i = 0; i < items; ++i) {
           if (claimed[i].load(std::memory_order_relaxed) != j) continue;
           const int64_t before = done.load();
           if (!try_run(i, j)) return false;
           if (done.load() != before) {
             g_steals.fetch_add(1, std::memory_order_relaxed);
-            // A partner that keeps falling behind has lost its core: go on alone. (A worker that
-            // has not joined yet is still waking up or starting: that is no stall.)
-            if (joined.load() == n && stolen.fetch_add(1) + 1 >= kStealsForStall) take_over(q);
+            stole = true;
           }
         }
-      } else if (stole && owner.load(std::memory_order_relaxed) < 0 && waited > kStallNs + 4 * own_ns) {
+        if (stole) steal_after = kQuickStealNs;
+      } else if (looked && owner.load(std::memory_order_relaxed) < 0 && waited > kStallNs + 4 * own_ns) {
         take_over(q);
       } else if (waited > kSleepAfterNs) {
         const uint32_t w = wake.load();
@@ -181,25 +192,52 @@ struct Job {
   // wait for the stage. A thread shut out by another's ownership waits for the end (the caller)
   // or leaves (a worker).
   bool participate(int q, bool is_caller) {
-    if (!is_caller) joined.fetch_add(1);
-    int64_t own_ns = 0;
+    int64_t own_ns = 0, steal_after = kStealAfterNs;
     for (int64_t j = 0; j < stages; ++j) {
       if (is_caller && interrupted()) {
         stop.store(true);
         notify();
         return false;
       }
-      if (excluded(q)) return is_caller ? wait_for(stages * items, stages - 1, q, 0, true) : true;
+      if (excluded(q)) return is_caller ? wait_for(stages * items, stages - 1, q, 0, true, steal_after) : true;
       const bool all = owner.load(std::memory_order_relaxed) == q;
       const int64_t t0 = now_ns();
       for (int i = all ? 0 : q; i < items; i += all ? 1 : n)
         if (!try_run(i, j)) return false;
       own_ns = now_ns() - t0;
-      if (!wait_for((j + 1) * items, j, q, own_ns, is_caller)) return false;
+      if (!wait_for((j + 1) * items, j, q, own_ns, is_caller, steal_after)) return false;
     }
     return true;
   }
 };
+
+// The CPU the calling thread runs on, or -1 where that cannot be known.
+int current_cpu() {
+#if defined(__linux__)
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
+// A worker woken by a call is often put on the caller's CPU (the scheduler's guess that they
+// share data), where the two would take turns on one core until the load balancer moves one,
+// milliseconds later. A worker that finds itself there moves to another CPU it may run on, and
+// then gives back its full set of CPUs (the scheduler leaves a running thread where it is).
+void move_off(int cpu) {
+#if defined(__linux__)
+  if (cpu < 0 || cpu >= CPU_SETSIZE) return;
+  cpu_set_t mine, others;
+  if (sched_getaffinity(0, sizeof mine, &mine) != 0 || !CPU_ISSET(cpu, &mine) || CPU_COUNT(&mine) < 2) return;
+  others = mine;
+  CPU_CLR(cpu, &others);
+  if (sched_setaffinity(0, sizeof others, &others) != 0) return;
+  sched_setaffinity(0, sizeof mine, &mine);
+  g_moves.fetch_add(1, std::memory_order_relaxed);
+#else
+  (void)cpu;
+#endif
+}
 
 class Team {
  public:
@@ -274,7 +312,10 @@ class Team {
         std::lock_guard<std::mutex> lock(mutex_);
         job = job_;
       }
-      if (job && q < job->n) job->participate(q, false);
+      if (job && q < job->n) {
+        if (current_cpu() == job->caller_cpu) move_off(job->caller_cpu);
+        job->participate(q, false);
+      }
     }
   }
 
@@ -326,7 +367,7 @@ void watch_interrupt(bool on) { tl_watch = on; }
 bool interrupted() { return tl_watch && g_interrupt.load(std::memory_order_relaxed) != 0; }
 
 TeamStats team_stats() {
-  return {g_team_calls.load(), g_solo_calls.load(), g_steals.load(), g_stalls.load(), g_workers.load()};
+  return {g_team_calls.load(), g_solo_calls.load(), g_steals.load(), g_stalls.load(), g_moves.load(), g_workers.load()};
 }
 
 bool run_stages(int threads, int items, int64_t stages, StageWork& work) {
@@ -348,6 +389,7 @@ bool run_stages(int threads, int items, int64_t stages, StageWork& work) {
   job->n = n;
   job->stages = stages;
   job->claimed.reset(new std::atomic<int64_t>[items]);
+  job->caller_cpu = current_cpu();
   for (int i = 0; i < items; ++i) job->claimed[i].store(0);
   bool ok;
   try {

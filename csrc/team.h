@@ -54,9 +54,10 @@ bool run_stages(int threads, int items, int64_t stages, const F& f) {
 // Team statistics for tests and the benchmark: calls that used the team, calls that ran on their
 // caller alone (the team was busy, or recently stalled), items taken over from another thread,
 // stalls (a thread waited too long for an item another had started, and finished the call
-// alone), and worker threads started.
+// alone), workers that moved off the caller's CPU at the start of a call, and worker threads
+// started.
 struct TeamStats {
-  int64_t team_calls, solo_calls, steals, stalls, workers;
+  int64_t team_calls, solo_calls, steals, stalls, moves, workers;
 };
 TeamStats team_stats();
 
