@@ -324,6 +324,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &set_team_size, py::arg("n"));
   m.def("get_num_threads", &team_size);
   m.attr("MAX_THREADS") = kMaxThreads;
+  m.def("packed_bytes_of_last_call", &packed_bytes_of_last_call,
+        "bytes of the packed weights (W_hh slices, W_ih) the calling thread's last forward or backward held");
   m.def("bench_step_gemm", &bench_step_gemm, py::arg("M"), py::arg("K"), py::arg("N"), py::arg("reps"),
         py::arg("rounds"), py::call_guard<py::gil_scoped_release>(),
         "seconds per call of the time loop's GEMM, C (M x N) = A (M x K) B, B packed and hot");

@@ -136,6 +136,11 @@ void column_sums(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
     for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
 }
 
+// The largest packed copy of the weights (W_hh slices, W_ih) that this thread's last forward or
+// backward held at once: workspace of the call, freed when it returns.
+thread_local int64_t tl_packed_bytes = 0;
+void note_packed(int64_t bytes) { tl_packed_bytes = std::max(tl_packed_bytes, bytes); }
+
 void check_interrupt() {
   if (interrupted()) throw Interrupted();
 }
@@ -310,6 +315,7 @@ void project(const Layer<T>& L, const T* x, int64_t R, T* g, int64_t ldg) {
   const int64_t NW = L.step.packed_size(1, 1);  // columns per panel
   const int64_t panels = (G + NW - 1) / NW;
   Buffer<T> Bp(L.step.packed_size(D, G));
+  note_packed(Bp.size() * int64_t(sizeof(T)));
   const int items = int(std::max<int64_t>(1, std::min<int64_t>({int64_t(L.threads), panels, (R + 7) / 8})));
   // rows in stages of bounded work (a Ctrl-C check between them), each split over the items
   const int64_t stages = std::max<int64_t>(1, std::min<int64_t>((R + 63) / 64, 2 * R * D * G / kStageFlops));
@@ -361,6 +367,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
 
   const Split sp = plan_split(S, H, L.threads, L.single_step(), L.step.packed_size(1, 1));
   const PackedSlices<T> packed(L, sp, true, fused);
+  note_packed(packed.buf.size() * int64_t(sizeof(T)));
   const int nb = cell.num_blocks;
   const int64_t first = packed.buf.data() ? 1 : 0;  // stage 0 packs the slices
 
@@ -470,6 +477,7 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
 
   const Split sp = plan_split(S, H, L.threads, L.single_step(), L.step.packed_size(1, 1));
   const PackedSlices<T> packed(L, sp, false);
+  note_packed(packed.buf.size() * int64_t(sizeof(T)));
   const int nb = cell.num_blocks;
   const int64_t first = packed.buf.data() ? 1 : 0, pairs = S.T * nb;
 
@@ -563,12 +571,15 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
 
 }  // namespace
 
+int64_t packed_bytes_of_last_call() { return tl_packed_bytes; }
+
 template <class T>
 std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params, const T* x, const T* h0,
                                  const T* c0, const int64_t* lengths, const T* masks, bool train, T* y,
                                  T* h_n, T* c_n) {
   const Kernels<T> kern = kernels<T>(p.cell);
   const int threads = team_size();
+  tl_packed_bytes = 0;
   auto tape = std::make_unique<Tape<T>>(p, lengths);
   const Schedule& S = tape->sched;
   const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
@@ -615,6 +626,7 @@ void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks,
   const Problem& p = tape.p;
   const Kernels<T> kern = kernels<T>(p.cell);
   const int threads = team_size();
+  tl_packed_bytes = 0;
   const Schedule& S = tape.sched;
   const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
   Buffer<T> dy_buf, din_buf;

@@ -108,6 +108,10 @@ std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params,
                                  const T* c0, const int64_t* lengths, const T* masks, bool train, T* y,
                                  T* h_n, T* c_n);
 
+// Bytes of the packed copies of the weights that the calling thread's last forward or backward
+// held at once (its workspace; nothing is kept between calls).
+int64_t packed_bytes_of_last_call();
+
 // dy, dh_n, dc_n may be null (zero). Writes dx, dh0, dc0 and every parameter gradient.
 template <class T>
 void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks, const T* dy, const T* dh_n,

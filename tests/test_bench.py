@@ -357,7 +357,7 @@ def test_cli_list(capsys):
 def test_cli_end_to_end(tmp_path, capsys):
     code = cli.main(["--shape", "3,2,4,4", "--cell", "lstm", "--mode", "inference", "--peer", "reference",
                      "--repeats", "1", "--gap-ms", "0", "--gemm-size", "0", "--no-isolation-check", "--no-plots",
-                     "--threads", "1", "-q", "--out", str(tmp_path / "o")])
+                     "--threads", "1", "--no-floors", "-q", "--out", str(tmp_path / "o")])
     assert code == 0
     out = capsys.readouterr().out
     assert "LSTM" in out and "3,2,4,4" in out and "report.md" in out
@@ -403,3 +403,28 @@ def test_step_latency_plumbing():
     md = step_latency.to_markdown(res)
     assert md.count("\n| ") == 1 + len(res["cells"])
     json.dumps(res)
+
+
+def test_floors_measure_and_render():
+    """The step floor, the step-GEMM microbenchmark and the contention check, at toy sizes."""
+    from rnncore.bench import floors
+    before = rnncore.get_num_threads()
+    res = {"step_floor": floors.step_floor(H=32, T=6, threads=2, rounds=1, calls=2),
+           "step_gemm": floors.step_gemm(Ms=(1, 8), K=16, N=32, peak_size=64, rounds=1),
+           "contention": floors.contention(rounds=1, calls=2, T=4, H=16)}
+    assert rnncore.get_num_threads() == before
+    cells = res["step_floor"]["cells"]
+    assert [c["cell"] for c in cells] == ["RNN-tanh", "LSTM", "GRU", "GRU-ra"]
+    assert [c["rows"] for c in cells] == [32, 128, 96, 96]
+    assert all(c["floor_us_per_step"] > 0 and c["ratio"] == c["rnncore_us_per_step"] / c["floor_us_per_step"]
+               for c in cells)
+    sg = res["step_gemm"]
+    if not sg.get("skipped"):
+        assert [r["M"] for r in sg["rows"]] == [1, 8]
+        assert all(r["rnncore_gflops"] > 0 and r["openblas_gflops"] > 0 for r in sg["rows"])
+        assert sg["peak"]["gflops"] >= max(r["rnncore_gflops"] for r in sg["rows"])
+    ct = res["contention"]
+    if not ct.get("skipped"):
+        assert ct["ratio"] == ct["two_threads_ms"] / ct["one_thread_idle_core_ms"] and ct["busy_cpu"] != ct["idle_cpu"]
+    md = floors.to_markdown(res)
+    assert "## Step floor" in md and "| LSTM | 128 |" in md and "## Contention" in md
