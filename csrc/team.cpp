@@ -1,5 +1,6 @@
 #include "team.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -80,6 +81,9 @@ void wake_all(std::atomic<uint32_t>&) {
 // How long a waiting thread spins before it takes over unstarted items, and before it sleeps.
 constexpr int64_t kStealAfterNs = 20000;
 constexpr int64_t kSleepAfterNs = 100000;
+// Within a call a thread that waits for its partners sleeps only after 1 ms (or 8 of its own
+// items): waking a sleeper costs tens of microseconds, more than most waits.
+constexpr int64_t kSleepInCallNs = 1000000;
 // A wait for an item another thread has started counts as a stall (that thread has lost its
 // core) past this, plus a few times the waiting thread's own last item.
 constexpr int64_t kStallNs = 100000;
@@ -105,6 +109,7 @@ struct Job {
   // the others finish the item they hold and stop claiming.
   std::atomic<int> owner{-1};
   int caller_cpu = -1;
+  unsigned long long fp = 0;  // the caller's floating-point control word
   std::atomic<int> sleepers{0};
   std::atomic<uint32_t> wake{0};
 
@@ -180,7 +185,7 @@ struct Job {
         if (stole) steal_after = kQuickStealNs;
       } else if (looked && owner.load(std::memory_order_relaxed) < 0 && waited > kStallNs + 4 * own_ns) {
         take_over(q);
-      } else if (waited > kSleepAfterNs) {
+      } else if (waited > (excluded(q) ? kSleepAfterNs : std::max(kSleepInCallNs, 8 * own_ns))) {
         const uint32_t w = wake.load();
         sleepers.fetch_add(1);
         if (done.load() < target && !stop.load()) sleep_while(wake, w);
@@ -210,6 +215,26 @@ struct Job {
     return true;
   }
 };
+
+// The floating-point control word (x86-64 MXCSR, AArch64 FPCR): workers take the caller's for the
+// length of a job, so that every item computes in the caller's mode whichever thread runs it.
+#if defined(__x86_64__) || defined(__i386__)
+using FpMode = unsigned;
+FpMode fp_mode() { return _mm_getcsr(); }
+void set_fp_mode(FpMode m) { _mm_setcsr(m); }
+#elif defined(__aarch64__)
+using FpMode = uint64_t;
+FpMode fp_mode() {
+  uint64_t v;
+  __asm__ __volatile__("mrs %0, fpcr" : "=r"(v));
+  return v;
+}
+void set_fp_mode(FpMode m) { __asm__ __volatile__("msr fpcr, %0" : : "r"(m)); }
+#else
+using FpMode = int;
+FpMode fp_mode() { return 0; }
+void set_fp_mode(FpMode) {}
+#endif
 
 // The CPU the calling thread runs on, or -1 where that cannot be known.
 int current_cpu() {
@@ -314,7 +339,10 @@ class Team {
       }
       if (job && q < job->n) {
         if (current_cpu() == job->caller_cpu) move_off(job->caller_cpu);
+        const FpMode own = fp_mode();
+        set_fp_mode(job->fp);
         job->participate(q, false);
+        set_fp_mode(own);
       }
     }
   }
@@ -390,6 +418,7 @@ bool run_stages(int threads, int items, int64_t stages, StageWork& work) {
   job->stages = stages;
   job->claimed.reset(new std::atomic<int64_t>[items]);
   job->caller_cpu = current_cpu();
+  job->fp = fp_mode();
   for (int i = 0; i < items; ++i) job->claimed[i].store(0);
   bool ok;
   try {

@@ -554,9 +554,8 @@ def make_peers(names, nblas=None):
 class Quiesce:
     """The pause before each visit of a peer, excluded from the timing.
 
-    After a call, a multi-threaded OpenBLAS's workers (NumPy's; rnncore's own threads are joined
-    at the end of each call) and ONNX Runtime's pool busy-wait ~0.1 s before they sleep;
-    PyTorch's OpenMP team a few ms. On 2 cores a spinning
+    After a call, a multi-threaded OpenBLAS's workers (NumPy's) and ONNX Runtime's pool busy-wait
+    ~0.1 s before they sleep; PyTorch's OpenMP team a few ms; rnncore's team about 0.1 ms. On 2 cores a spinning
     pool steals the cores the next library needs (measured: 10-50x slower calls). The pause lasts
     at least ``min_s``, then until the process's other threads burnt less than 10 % of a core
     over 5 ms (per-thread CPU time from /proc/self/task/*/schedstat), at most ``max_s``. Without
