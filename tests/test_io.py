@@ -371,6 +371,8 @@ print(json.dumps([peak() - base, said]))
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+@pytest.mark.skipif(os.environ.get("RNNCORE_SANITIZED") == "1",
+                    reason="AddressSanitizer's quarantine and shadow memory make resident memory meaningless")
 def test_loading_a_real_model_peaks_near_its_size(tmp_path):
     """The file's arrays become the model's parameters: no random initialisation, no second copy."""
     import subprocess
