@@ -17,8 +17,8 @@
 namespace rnncore {
 
 // Subnormal operands and results make x86 take a microcode assist per operation (calls 15-120x
-// slower, measured), so the driver computes with flush-to-zero and denormals-are-zero, on the
-// calling thread and on each row-group thread, and gives the caller's control word back on return.
+// slower, measured), so the time loops compute with flush-to-zero and denormals-are-zero, on the
+// calling thread and (taking its mode) on the team's, and give the caller's control word back.
 class FlushSubnormals {
 #if defined(__x86_64__) || defined(__i386__)
   static constexpr unsigned kFtzDaz = 0x8040;  // MXCSR bits FTZ (15) and DAZ (6)
@@ -419,12 +419,8 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     cell.forward(k, st);
   };
   {
-    FlushSubnormals ftz;
-    if (!run_stages(L.threads, sp.items(), first + S.T * nb, [&](int it, int64_t stage) {
-          FlushSubnormals ftz_worker;
-          item(it, stage);
-        }))
-      throw Interrupted();
+    FlushSubnormals ftz;  // the team's workers take the caller's mode for the call (team.h)
+    if (!run_stages(L.threads, sp.items(), first + S.T * nb, item)) throw Interrupted();
   }
 
   scatter(S, L.d, hs, H, 1, y + L.d * H, y_ld, false);
@@ -538,12 +534,8 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
     cell.backward(k, st);
   };
   {
-    FlushSubnormals ftz;
-    if (!run_stages(L.threads, sp.items(), first + pairs + 1, [&](int it, int64_t stage) {
-          FlushSubnormals ftz_worker;
-          item(it, stage);
-        }))
-      throw Interrupted();
+    FlushSubnormals ftz;  // the team's workers take the caller's mode for the call (team.h)
+    if (!run_stages(L.threads, sp.items(), first + pairs + 1, item)) throw Interrupted();
   }
   permute_out(S, dH.data(), H, dh0);
   if (cell.has_c) permute_out(S, dC.data(), H, dc0);

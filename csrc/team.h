@@ -9,7 +9,8 @@
 // busy core) does not hold the others up. Waiting spins briefly, then sleeps.
 //
 // Results never depend on which thread computed an item, nor on how many threads there are: the
-// caller makes every item compute the same numbers whoever runs it.
+// caller makes every item compute the same numbers whoever runs it, and the team's workers take
+// the caller's floating-point control word (MXCSR, FPCR: flush-to-zero, rounding) for the call.
 #pragma once
 #include <atomic>
 #include <cstdint>
