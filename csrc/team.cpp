@@ -86,16 +86,18 @@ constexpr int64_t kSleepAfterNs = 100000;
 constexpr int64_t kSleepInCallNs = 1000000;
 // A wait for an item another thread has started counts as a stall (that thread has lost its
 // core) past this, plus a few times the waiting thread's own last item.
-constexpr int64_t kStallNs = 100000;
+constexpr int64_t kStallNs = 500000;
 // Once a partner was found absent (descheduled, or still waking up), its items are taken over
 // after this short wait, until it is seen doing them again.
 constexpr int64_t kQuickStealNs = 2000;
 // How long an idle worker spins for the next call before it sleeps.
 constexpr int64_t kIdleSpinNs = 100000;
-// After a stalled call, calls run on their caller alone for a while, twice as long after each
-// stall in a row, from 10 ms up to 1 s; a call on the team without a stall resets it.
+// After two stalled calls in a row, calls run on their caller alone for a while, twice as long
+// after each further stall, from 10 ms up to 1 s; a call on the team without a stall resets it.
+// (One stall alone can be a passing hiccup of the machine.)
 constexpr int64_t kBackoffMinNs = 10000000, kBackoffMaxNs = 1000000000;
 std::atomic<int64_t> g_alone_until{0}, g_backoff{kBackoffMinNs}, g_stalls{0};
+std::atomic<int> g_stalled_in_a_row{0};
 
 struct Job {
   StageWork* work = nullptr;
@@ -428,11 +430,14 @@ bool run_stages(int threads, int items, int64_t stages, StageWork& work) {
     throw;
   }
   t->release();
-  if (job->owner.load() >= 0) {  // a stall: run alone for a while
-    const int64_t b = g_backoff.load();
-    g_alone_until.store(now_ns() + b);
-    g_backoff.store(b * 2 > kBackoffMaxNs ? kBackoffMaxNs : b * 2);
+  if (job->owner.load() >= 0) {  // a stall: after two in a row, run alone for a while
+    if (g_stalled_in_a_row.fetch_add(1) + 1 >= 2) {
+      const int64_t b = g_backoff.load();
+      g_alone_until.store(now_ns() + b);
+      g_backoff.store(b * 2 > kBackoffMaxNs ? kBackoffMaxNs : b * 2);
+    }
   } else {
+    g_stalled_in_a_row.store(0);
     g_backoff.store(kBackoffMinNs);
   }
   return ok;
