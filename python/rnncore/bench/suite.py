@@ -288,6 +288,8 @@ def numpy_blas():
 
 
 def _time_best(fn, reps):
+    """The shortest of `reps` timed calls after two untimed ones: a peak is the best the library
+    reached here (a median would count passing slowdowns of the machine against it)."""
     fn()
     fn()
     ts = []
@@ -295,7 +297,7 @@ def _time_best(fn, reps):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    return float(np.min(ts))
 
 
 def gemm_peaks(threads, dtypes, size, peers, rblas, nblas, reps=5):
