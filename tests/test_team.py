@@ -176,6 +176,10 @@ def test_ctrl_c_stops_a_long_call_soon_and_changes_nothing(threads_):
     sent once the call has started (a thread waits for an event set just before it)."""
     out = run_isolated(f"""
         import os, signal, threading, time, numpy as np, rnncore
+        # Python's own Ctrl-C handling, whatever this process inherited (a parent that ignores
+        # SIGINT passes that on through exec)
+        inherited = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         rnncore.set_num_threads({threads_})
         m = rnncore.LSTM(32, 256, seed=2)
         before = {{k: v.copy() for k, v in m.parameters().items()}}
@@ -196,7 +200,8 @@ def test_ctrl_c_stops_a_long_call_soon_and_changes_nothing(threads_):
             started.set()
             y, _, tape = m.forward(x, train=True)   # seconds of work, uninterrupted
             m.backward(tape, y)
-            print("not interrupted after", time.perf_counter() - t0, "s")
+            print("not interrupted after", time.perf_counter() - t0, "s; SIGINT handler inherited", inherited,
+                  "signal sent at", sent, rnncore.team_stats())
         except KeyboardInterrupt:
             latency = time.perf_counter() - sent[0]
             print("interrupted", latency, 3 * per_step * len(x))
