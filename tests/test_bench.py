@@ -428,3 +428,15 @@ def test_floors_measure_and_render():
         assert ct["ratio"] == ct["two_threads_ms"] / ct["one_thread_idle_core_ms"] and ct["busy_cpu"] != ct["idle_cpu"]
     md = floors.to_markdown(res)
     assert "## Step floor" in md and "| LSTM | 128 |" in md and "## Contention" in md
+
+
+def test_the_suite_leaves_thread_counts_as_it_found_them():
+    """It sets every peer to the case's thread count while it runs, and gives the counts back."""
+    before = rnncore.get_num_threads()
+    rnncore.set_num_threads(3)
+    try:
+        suite.run(tiny_config(cells=("rnn_tanh",), modes=("inference",), peers=("rnncore",), varlen=[],
+                              gemm_size=0, threads=(1,)))
+        assert rnncore.get_num_threads() == 3
+    finally:
+        rnncore.set_num_threads(before)

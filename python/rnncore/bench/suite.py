@@ -895,10 +895,30 @@ def run(cfg, progress=None):
     Objects alive once the peers are imported are frozen out of the garbage collector meanwhile
     (gc.freeze), so the collection before each scenario does not walk torch's modules (~0.1 s).
     """
+    before = _thread_counts()
     try:
         return _run(cfg, progress)
     finally:
         gc.unfreeze()
+        _restore_thread_counts(before)
+
+
+def _thread_counts():
+    """The thread counts the suite changes (rnncore's, PyTorch's if imported, NumPy's OpenBLAS)."""
+    torch = sys.modules.get("torch")
+    nblas = numpy_blas()
+    return {"rnncore": rnncore.get_num_threads(),
+            "torch": torch.get_num_threads() if torch is not None else None,
+            "numpy": (nblas, nblas.get_threads()) if nblas is not None else None}
+
+
+def _restore_thread_counts(before):
+    rnncore.set_num_threads(before["rnncore"])
+    torch = sys.modules.get("torch")
+    if torch is not None and before["torch"] is not None:
+        torch.set_num_threads(before["torch"])
+    if before["numpy"] is not None and before["numpy"][1]:
+        before["numpy"][0].set_threads(before["numpy"][1])
 
 
 def _run(cfg, progress):
