@@ -3,6 +3,7 @@ reports and the command line, on tiny shapes with one repetition."""
 
 import importlib.util
 import json
+import os
 import sys
 import types
 
@@ -354,13 +355,16 @@ def test_cli_list(capsys):
     assert "lstm/training/100x64x256x256/varlen/float32" in out and "peer onnxruntime" in out
 
 
-def test_cli_end_to_end(tmp_path, capsys):
+def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out, as the committed runs use
     code = cli.main(["--shape", "3,2,4,4", "--cell", "lstm", "--mode", "inference", "--peer", "reference",
                      "--repeats", "1", "--gap-ms", "0", "--gemm-size", "0", "--no-isolation-check", "--no-plots",
-                     "--threads", "1", "--no-floors", "-q", "--out", str(tmp_path / "o")])
+                     "--threads", "1", "--no-floors", "-q", "--out", "o"])
     assert code == 0
     out = capsys.readouterr().out
     assert "LSTM" in out and "3,2,4,4" in out and "report.md" in out
+    # the paths printed are the ones given: a terminal record holds no machine's directories
+    assert f"wrote {os.path.join('o', 'results.json')}" in out and str(tmp_path) not in out
     data = json.load(open(tmp_path / "o" / "results.json"))
     assert [sc["id"] for sc in data["scenarios"]] == ["lstm/inference/3x2x4x4/float32/t1"]
     assert data["gemm_peak"] == {}

@@ -236,7 +236,7 @@ def main(argv=None):
     if args.list:
         return _list(cfg)
     progress = None if args.quiet else ProgressBar()
-    out_dir = os.path.abspath(args.out)
+    out_dir = args.out  # as given: the paths printed (and kept in terminal records) hold no machine's layout
     if args.seed_table:
         results, st = _seed_table(args, out_dir, progress)
         written = report.write_all(results, out_dir, plots=False, seed_table=st)
