@@ -202,8 +202,7 @@ constexpr int64_t kMinRows = 8;  // a row group's GEMM below this loses more tha
 
 // The rule: slices first, as many as threads while each keeps at least one panel of the step
 // GEMM (`align` units: 32 for float with AVX-512), then row groups of at least kMinRows rows for
-// the threads left. Measured on 2 cores (README, "Threads"): slices are faster than row groups
-// at every batch size in training and up to N = 32 in inference, and within a few per cent above.
+// the threads left (README, "How it is built": chosen by timing both splits on 2 cores).
 Split plan_split(const Schedule& S, int64_t H, int threads, bool single_step, int64_t align) {
   Split sp;
   const int64_t N = S.N;
@@ -327,10 +326,9 @@ void run_time_loop(const Layer<T>& L, const Split& sp, const PackedSlices<T>& pa
 
 // Inference from this many rows on computes each step's input projection inside the time loop,
 // by the item that uses it, just before the step: its rows are then in cache for the pointwise
-// pass, and one step of it is kept instead of all T (measured on 2 cores: 3 to 24 % faster at
-// N = 8 to 128, 10 to 20 % slower at N = 1 to 4, where one GEMM over all steps keeps each panel
-// of W_ih busier). Training keeps the projection before the loop (it stores every step anyway;
-// measured even).
+// pass, and one step of it is kept instead of all T. Below 8 rows one GEMM over all steps keeps
+// each panel of W_ih busier and was faster when timed on 2 cores; training keeps the projection
+// before the loop (it stores every step anyway; no faster inside when timed).
 constexpr int64_t kFuseRows = 8;
 
 // The input projection of every step, g (R x G, row stride ldg) = x (R x D) W_ih^T, on the

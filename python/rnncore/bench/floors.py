@@ -38,12 +38,7 @@ def _model(kind, H):
 
 
 def _median_call(f, n):
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    return float(np.median(suite._timings(f, n)))
 
 
 def step_floor(H=256, T=100, threads=2, rounds=5, calls=15):

@@ -287,17 +287,22 @@ def numpy_blas():
     return None
 
 
-def _time_best(fn, reps):
-    """The shortest of `reps` timed calls after two untimed ones: a peak is the best the library
-    reached here (a median would count passing slowdowns of the machine against it)."""
-    fn()
-    fn()
+def _timings(fn, reps, warmup=0):
+    """Seconds of `reps` timed calls of fn, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return float(np.min(ts))
+    return ts
+
+
+def _time_best(fn, reps):
+    """The shortest of `reps` timed calls after two untimed ones: a peak is the best the library
+    reached here (a median would count passing slowdowns of the machine against it)."""
+    return float(np.min(_timings(fn, reps, warmup=2)))
 
 
 def gemm_peaks(threads, dtypes, size, peers, rblas, nblas, reps=5):
