@@ -80,3 +80,11 @@ def blas_info():
 
 
 _threadpool.register()
+
+
+def __getattr__(name):
+    # rnncore.torch (PyTorch modules on rnncore's core) imports torch: loaded on first use only
+    if name == "torch":
+        import importlib
+        return importlib.import_module(".torch", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

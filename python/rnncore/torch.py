@@ -1,0 +1,456 @@
+"""rnncore inside PyTorch: ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` replacements that compute on rnncore's core.
+
+``import rnncore.torch`` (or the first use of ``rnncore.torch``) imports PyTorch; plain ``import rnncore``
+does not. ``pip install "rnncore[torch]"`` installs both.
+
+    lstm = rnncore.torch.LSTM(16, 64, num_layers=2, batch_first=True)   # torch.nn.LSTM's arguments
+    y, (h_n, c_n) = lstm(x)                                              # torch.nn.LSTM's forward
+    model = rnncore.torch.convert(model)     # every torch.nn.LSTM/GRU/RNN of a model, in place
+    model = rnncore.torch.revert(model)      # and back
+
+The classes are subclasses of ``torch.nn.LSTM``, ``torch.nn.GRU`` and ``torch.nn.RNN``: the same
+constructor, parameters (names, shapes, initialisation), ``state_dict``, ``forward(input, hx)``
+signature and results (tensors or ``PackedSequence``, batched or unbatched). Only ``forward``
+differs: it calls rnncore's ``forward(train=True)`` and, through a ``torch.autograd.Function``,
+its ``backward``.
+
+How PyTorch's parameters become rnncore's (``_convert`` holds the same map for state dicts;
+README.md, "PyTorch, Keras and ONNX") is written here with torch operations, so that autograd
+carries rnncore's gradients back: weights pass as they are (the GRU's z rows change sign),
+rnncore's one bias per gate is ``bias_ih + bias_hh`` (both receive its gradient), and the reset_after
+GRU's candidate keeps ``bias_hh``'s n rows apart as ``b_hn``.
+
+Dropout (``dropout > 0`` and ``num_layers > 1``, in training mode) draws its masks from a NumPy
+generator seeded, at each call, with one integer drawn from PyTorch's default CPU generator:
+``torch.manual_seed`` makes runs repeatable, but the masks differ from ``torch.nn.LSTM``'s.
+"""
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _convert, _torch, models
+
+__all__ = ["LSTM", "GRU", "RNN", "convert", "revert"]
+
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+# ---- the autograd function ------------------------------------------------------------------
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Passes the gradients of rnncore's backward through; differentiating them raises."""
+
+    @staticmethod
+    def forward(ctx, n, *tensors):
+        return tuple(t.view_as(t) for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("rnncore.torch: double backward (a gradient of a gradient) is not supported: rnncore's "
+                           "backward is not itself differentiable. Use torch.nn.LSTM/GRU/RNN (rnncore.torch.revert) "
+                           "for higher-order gradients.")
+
+
+class _Recurrent(torch.autograd.Function):
+    """rnncore's forward and backward as one autograd node.
+
+    Inputs: the rnncore model to call (its parameters already adopted), the lengths (or None),
+    whether to keep a tape, then x, h0, c0 (tensors or None) and the parameters in the model's
+    order (rnncore's layout). Outputs: y, h_n (and c_n for LSTM).
+    """
+
+    @staticmethod
+    def forward(ctx, core, lengths, keep_tape, x, h0, c0, *params):
+        ctx.set_materialize_grads(False)
+        state = (_np(h0), _np(c0)) if core._has_c else _np(h0)
+        y, state, tape = core.forward(_np(x), state, lengths=lengths, train=keep_tape)
+        ctx.core, ctx.tape = core, tape
+        ctx.save_for_backward(*params)   # PyTorch then refuses a backward after they changed in place
+        if core._has_c:
+            return torch.from_numpy(y), torch.from_numpy(state[0]), torch.from_numpy(state[1])
+        return torch.from_numpy(y), torch.from_numpy(state)
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n=None):
+        ctx.saved_tensors   # raises if a parameter was modified in place since the forward
+        core = ctx.core
+        if ctx.tape is None:
+            raise RuntimeError("rnncore.torch: no tape was kept for this forward (internal error)")
+        grads = core.backward(ctx.tape, _np(dy), _np(dh_n), _np(dc_n) if core._has_c else None)
+        need = ctx.needs_input_grad
+        out = [None, None, None]
+        for i, key in enumerate(("x", "h0", "c0")):
+            out.append(torch.from_numpy(grads[key]) if need[3 + i] and key in grads else None)
+        names = [n for n, _ in core._param_shapes()]
+        out += [torch.from_numpy(grads[n]) if need[6 + i] else None for i, n in enumerate(names)]
+        if torch.is_grad_enabled():   # create_graph=True: make differentiating these results an error
+            given = [g for g in (dy, dh_n, dc_n) if g is not None]
+            idx = [i for i, g in enumerate(out) if g is not None]
+            passed = _NoDoubleBackward.apply(len(idx), *[out[i] for i in idx], *given)
+            for i, g in zip(idx, passed):
+                out[i] = g
+        return tuple(out)
+
+
+def _np(t):
+    """A NumPy view of a CPU tensor (None stays None); no copy."""
+    return None if t is None else t.detach().numpy()
+
+
+# ---- the modules ----------------------------------------------------------------------------
+
+def _describe(v):
+    if isinstance(v, torch.Tensor):
+        return f"a {v.device.type} tensor of shape {tuple(v.shape)} and dtype {str(v.dtype).replace('torch.', '')}"
+    return type(v).__name__
+
+
+class _Module:
+    """What rnncore.torch.LSTM, GRU and RNN add to their torch.nn base classes (a mixin)."""
+
+    reset_after = True     # GRU only; the rnncore-layout GRU (reset_after=False) sets it False
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def _cell(self):
+        if self.mode == "LSTM":
+            return "lstm"
+        if self.mode == "GRU":
+            return "gru_after" if self.reset_after else "gru"
+        return "rnn_tanh" if self.mode == "RNN_TANH" else "rnn_relu"
+
+    def _check_proj_size(self):
+        if getattr(self, "proj_size", 0) and not _core_has_proj_size():
+            raise NotImplementedError(
+                f"proj_size: rnncore.torch.LSTM(proj_size={self.proj_size}) needs rnncore.LSTM to take proj_size, "
+                f"and this rnncore's LSTM does not; use proj_size=0, or torch.nn.LSTM for projections")
+
+    def _core_template(self, dtype, batch_first, dropout):
+        """An rnncore model of this configuration without parameters, cached per (dtype, layout, dropout)."""
+        key = (dtype, batch_first, dropout, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
+               self._cell, getattr(self, "proj_size", 0))
+        cache = self.__dict__.setdefault("_rnncore_cache", {})
+        core = cache.get(key)
+        if core is None:
+            cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
+                       bidirectional=bool(self.bidirectional), batch_first=batch_first, dropout=dropout,
+                       dtype=_NP_DTYPES[dtype])
+            if self._cell.startswith("rnn_"):
+                cls, cfg["nonlinearity"] = models.RNN, self._cell[4:]
+            elif self._cell == "lstm":
+                cls = models.LSTM
+                if getattr(self, "proj_size", 0):
+                    cfg["proj_size"] = self.proj_size
+            else:
+                cls, cfg["reset_after"] = models.GRU, self._cell == "gru_after"
+            core = cache[key] = cls._unparameterised(cfg)
+        return core
+
+    def _core_parameters(self, core):
+        """This module's parameters in rnncore's layout, as torch expressions (autograd maps the gradients)."""
+        out = []
+        cell = self._cell
+        for name, shape in core._param_shapes():
+            kind, sfx = name.split("_l", 1)
+            sfx = "_l" + sfx
+            if cell == "gru":                      # rnncore's own layout: its parameters are the module's
+                t = getattr(self, name, None)
+                out.append(t if t is not None else torch.zeros(shape, dtype=self._dtype()))
+                continue
+            G = shape[0]
+            if kind in ("W_ih", "W_hh"):
+                t = getattr(self, "weight" + kind[1:] + sfx)
+                out.append(t * _gru_sign(G, t) if cell == "gru_after" else t)
+            elif kind == "b":
+                if not self.bias:
+                    out.append(torch.zeros(shape, dtype=self._dtype()))
+                    continue
+                b_ih, b_hh = getattr(self, "bias_ih" + sfx), getattr(self, "bias_hh" + sfx)
+                if cell == "gru_after":
+                    H = G // 3
+                    out.append((b_ih + torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])) * _gru_sign(G, b_ih)[:, 0])
+                else:
+                    out.append(b_ih + b_hh)
+            elif kind == "b_hn":
+                out.append(getattr(self, "bias_hh" + sfx)[2 * shape[0]:] if self.bias
+                           else torch.zeros(shape, dtype=self._dtype()))
+            else:                                  # a parameter the core gained (e.g. W_hr): torch's weight_hr
+                t = getattr(self, "weight" + kind[1:] + sfx, None)
+                if t is None:
+                    raise NotImplementedError(f"rnncore.torch: rnncore's parameter {name!r} has no counterpart "
+                                              f"in {type(self).__name__}")
+                out.append(t)
+        return out
+
+    def _dtype(self):
+        return self._flat_weights[0].dtype
+
+    # -- argument checking ---------------------------------------------------------------------
+
+    def _check_tensor(self, t, name, dtype):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(t)}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{name}: rnncore computes on the CPU only, got {_describe(t)}; keep the module and "
+                             f"its inputs on the CPU, or use torch.nn.{type(self).__name__} "
+                             f"(rnncore.torch.revert) on other devices")
+        if t.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {str(dtype).replace('torch.', '')} (the module's parameters'), "
+                            f"got {_describe(t)}")
+        if t.layout != torch.strided or t.is_conj() or t.is_neg() or t.is_quantized:
+            raise TypeError(f"{name}: expected a dense (strided) tensor, got {_describe(t)} with layout {t.layout}")
+
+    def _check_parameters(self):
+        dtypes = set()
+        for name in self._flat_weights_names:
+            p = getattr(self, name)
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"parameter {name!r}: expected a tensor, got {type(p).__name__}")
+            if p.device.type != "cpu":
+                raise ValueError(f"parameter {name!r}: rnncore computes on the CPU only, got {_describe(p)}; keep "
+                                 f"the module on the CPU (module.cpu()), or use torch.nn.{type(self).__name__} "
+                                 f"(rnncore.torch.revert) on other devices")
+            dtypes.add(p.dtype)
+        if len(dtypes) != 1 or next(iter(dtypes)) not in _NP_DTYPES:
+            raise TypeError(f"{type(self).__name__}: rnncore computes in float32 or float64; the parameters are "
+                            f"{sorted(str(d).replace('torch.', '') for d in dtypes)} (module.float() or module.double())")
+        return dtypes.pop()
+
+    def _check_state(self, t, name, shape, batched):
+        if t.dim() != len(shape):
+            raise ValueError(f"{name}: expected {len(shape)} dimensions for {'batched 3-D' if batched else 'unbatched 2-D'}"
+                             f" input, got shape {tuple(t.shape)}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape} (num_layers * num_directions, "
+                             f"{'batch, ' if len(shape) == 3 else ''}hidden size), got {tuple(t.shape)}")
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def _rnncore_forward(self, input, hx=None):
+        self._check_proj_size()
+        dtype = self._check_parameters()
+        name = type(self).__name__
+        has_c = self.mode == "LSTM"
+        dirs = 2 if self.bidirectional else 1
+        H = self.hidden_size
+        H_out = getattr(self, "proj_size", 0) or H
+        packed = isinstance(input, PackedSequence)
+        lengths = None
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self._check_tensor(data, "input.data", dtype)
+            if data.dim() != 2 or data.shape[1] != self.input_size:
+                raise ValueError(f"input: expected packed data of shape (total, input_size={self.input_size}), got "
+                                 f"{tuple(data.shape)}")
+            x, lengths, idx = _unpack(data, batch_sizes, sorted_indices)
+            batched, batch_first = True, False
+        else:
+            self._check_tensor(input, "input", dtype)
+            if input.dim() not in (2, 3):
+                raise ValueError(f"input: expected 3 dimensions ({'batch, seq' if self.batch_first else 'seq, batch'},"
+                                 f" input_size) or 2 (seq, input_size) unbatched, got shape {tuple(input.shape)}")
+            batched = input.dim() == 3
+            if input.shape[-1] != self.input_size:
+                raise ValueError(f"input: expected last dimension input_size={self.input_size}, got shape "
+                                 f"{tuple(input.shape)}")
+            batch_first = self.batch_first and batched
+            x = input if batched else input.unsqueeze(1)
+        T, N = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+        if T == 0 or N == 0:
+            raise ValueError(f"input: expected at least one time step and one sequence, got shape {tuple(x.shape)}")
+        shapes = [(self.num_layers * dirs, N, H_out), (self.num_layers * dirs, N, H)]
+        h0 = c0 = None
+        if hx is not None:
+            if has_c:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise TypeError(f"hx: expected a tuple (h_0, c_0) for {name}, got {_describe(hx)}")
+                h0, c0 = hx
+            else:
+                if isinstance(hx, (tuple, list)):
+                    raise TypeError(f"hx: expected a tensor h_0 for {name}, got a {type(hx).__name__}")
+                h0 = hx
+            for t, tname, shape in zip((h0, c0), ("hx[0]" if has_c else "hx", "hx[1]"), shapes):
+                if t is None and has_c:
+                    raise TypeError(f"{tname}: expected a tensor, got None (pass hx=None for zero initial states)")
+                if t is None:
+                    continue
+                self._check_tensor(t, tname, dtype)
+                self._check_state(t, tname, shape if batched else (shape[0], shape[2]), batched)
+            if not batched:
+                h0 = h0.unsqueeze(1)
+                c0 = c0.unsqueeze(1) if c0 is not None else None
+        train_dropout = self.training and self.dropout > 0 and self.num_layers > 1
+        template = self._core_template(dtype, batch_first, self.dropout if train_dropout else 0.0)
+        params = self._core_parameters(template)
+        inputs = [x, h0, c0] + params
+        keep_tape = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+        core = object.__new__(type(template))
+        core.__dict__.update(template.__dict__)
+        core._adopt({n: _np(t) for (n, _), t in zip(template._param_shapes(), params)})
+        if train_dropout:
+            seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+            core._dropout_rng = np.random.default_rng(seed)
+        out = _Recurrent.apply(core, None if lengths is None else lengths.numpy(), keep_tape or train_dropout,
+                               *inputs)
+        y, hidden = out[0], (out[1], out[2]) if has_c else out[1]
+        if packed:
+            y = PackedSequence(y.reshape(-1, y.shape[-1]).index_select(0, idx), batch_sizes, sorted_indices,
+                               unsorted_indices)
+        elif not batched:
+            y = y.squeeze(1)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if has_c else hidden.squeeze(1)
+        return y, hidden
+
+
+def _unpack(data, batch_sizes, sorted_indices):
+    """Padded time-major x (T, N, D) in the batch's own order, its lengths (int64 tensor), and
+    the rows of the flattened (T * N) padding that hold the packed data, in packed order."""
+    T, N = len(batch_sizes), int(batch_sizes[0])
+    valid = torch.arange(N)[None, :] < batch_sizes[:, None]          # (T, N): sorted positions
+    t_idx, i_idx = valid.nonzero(as_tuple=True)                       # row-major: the packed order
+    order = i_idx if sorted_indices is None else sorted_indices[i_idx]
+    idx = t_idx * N + order
+    lengths = torch.empty(N, dtype=torch.int64)
+    lengths[torch.arange(N) if sorted_indices is None else sorted_indices] = valid.sum(0)
+    if data.shape[0] == T * N and (sorted_indices is None or
+                                   bool((sorted_indices == torch.arange(N)).all())):
+        x = data.view(T, N, data.shape[1])                             # full rows in order: no copy
+    else:
+        x = data.new_zeros(T * N, data.shape[1]).index_copy(0, idx, data).view(T, N, data.shape[1])
+    return x, lengths, idx
+
+
+def _gru_sign(G, like):
+    """(G, 1): +1, and -1 on the GRU's z rows (``_convert``'s sign, as a tensor)."""
+    return torch.from_numpy(_convert._z_sign("gru_after", G // 3, _NP_DTYPES[like.dtype])).unsqueeze(1)
+
+
+_PROJ = None
+
+
+def _core_has_proj_size():
+    """Whether this rnncore's LSTM takes proj_size (tried once)."""
+    global _PROJ
+    if _PROJ is None:
+        try:
+            models.LSTM._unparameterised(dict(input_size=1, hidden_size=2, proj_size=1))
+            _PROJ = True
+        except TypeError:
+            _PROJ = False
+    return _PROJ
+
+
+def _compile_disabled(f):
+    """f, run eagerly under torch.compile: the rest of a compiled model still compiles (README.md,
+    "Inside PyTorch")."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(f) if disable is not None else f
+
+
+class LSTM(_Module, torch.nn.LSTM):
+    """``torch.nn.LSTM`` computed by rnncore (CPU, float32/float64): same arguments, parameters and results."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._check_proj_size()
+
+    forward = _compile_disabled(_Module._rnncore_forward)
+
+
+class RNN(_Module, torch.nn.RNN):
+    """``torch.nn.RNN`` computed by rnncore (CPU, float32/float64): same arguments, parameters and results."""
+
+    forward = _compile_disabled(_Module._rnncore_forward)
+
+
+class GRU(_Module, torch.nn.GRU):
+    """``torch.nn.GRU`` computed by rnncore (CPU, float32/float64): same arguments, parameters and results.
+
+    ``reset_after=False`` gives the notes' GRU instead (reset gate applied before the recurrent
+    matmul: n = tanh(x W_in^T + (r * h) W_hn^T + b_n)), which PyTorch does not have. Its parameters
+    are rnncore's own: ``W_ih_l{k}`` (3H, D), ``W_hh_l{k}`` (3H, H) and ``b_l{k}`` (3H,) per layer
+    (``_reverse`` for the backward direction), gates r, z, n, with z weighting the candidate
+    (h = (1 - z) * h_prev + z * n), exactly ``rnncore.GRU(reset_after=False).parameters()``;
+    ``bias=False`` leaves out ``b``. Such a module cannot be reverted to ``torch.nn.GRU``.
+    """
+
+    def __init__(self, *args, reset_after=True, **kwargs):
+        if not isinstance(reset_after, (bool, np.bool_)):
+            raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
+        super().__init__(*args, **kwargs)
+        if not reset_after:
+            self.reset_after = False
+            names, groups = [], []
+            for group in self._all_weights:
+                new = []
+                for old in group:
+                    kind, sfx = old.split("_l", 1)
+                    p = self._parameters.pop(old)
+                    if kind == "bias_hh":     # rnncore keeps one bias per gate: bias_ih's values become b
+                        continue
+                    key = {"weight_ih": "W_ih", "weight_hh": "W_hh", "bias_ih": "b"}[kind] + "_l" + sfx
+                    self.register_parameter(key, p)
+                    new.append(key)
+                names += new
+                groups.append(new)
+            self._flat_weights_names, self._all_weights = names, groups
+            self._init_flat_weights()
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+
+    forward = _compile_disabled(_Module._rnncore_forward)
+
+
+# ---- convert / revert -----------------------------------------------------------------------
+
+_TO_RNNCORE = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.RNN: RNN}
+_TO_TORCH = {v: k for k, v in _TO_RNNCORE.items()}
+
+
+def _walk(model, kinds):
+    """(qualified name, module) of every module of exactly one of ``kinds`` (the model itself too)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    return [(name or "<model>", m) for name, m in model.named_modules(remove_duplicate=True) if type(m) in kinds]
+
+
+def convert(model):
+    """Make every ``torch.nn.LSTM``, ``GRU`` and ``RNN`` in ``model`` (the model itself included)
+    compute on rnncore, in place, and return ``model``.
+
+    The modules stay the same objects, with the same parameters (an optimizer made before keeps
+    updating them), buffers, hooks and train/eval mode: only their class changes, to
+    ``rnncore.torch.LSTM``, ``GRU`` or ``RNN``. Subclasses of the torch modules (which may compute
+    something else) are left alone. Checks every module before changing any: parameters on the CPU
+    in float32 or float64, and no ``proj_size`` unless rnncore's LSTM has it.
+    """
+    found = _walk(model, _TO_RNNCORE)
+    for name, m in found:
+        try:
+            probe = object.__new__(_TO_RNNCORE[type(m)])
+            probe.__dict__.update(m.__dict__)
+            probe._check_parameters()
+            probe._check_proj_size()
+        except (TypeError, ValueError, NotImplementedError) as e:
+            raise type(e)(f"model: submodule {name!r} cannot compute on rnncore: {e}") from None
+    for _, m in found:
+        m.__class__ = _TO_RNNCORE[type(m)]
+    return model
+
+
+def revert(model):
+    """Undo ``convert``: every ``rnncore.torch.LSTM``, ``GRU`` and ``RNN`` in ``model`` becomes a
+    ``torch.nn`` module again, in place (same objects and parameters); returns ``model``.
+    A ``GRU(reset_after=False)`` has no torch equivalent: ValueError, and nothing changes."""
+    found = _walk(model, _TO_TORCH)
+    for name, m in found:
+        if isinstance(m, GRU) and not m.reset_after:
+            raise ValueError(f"model: submodule {name!r} is a GRU(reset_after=False), which torch.nn.GRU cannot "
+                             f"compute (PyTorch's GRU applies the reset gate after the recurrent matmul)")
+    for _, m in found:
+        m.__dict__.pop("_rnncore_cache", None)
+        m.__class__ = _TO_TORCH[type(m)]
+    return model
