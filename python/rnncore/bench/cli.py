@@ -108,6 +108,9 @@ def build_parser():
     p.add_argument("--list", action="store_true", help="print the scenarios and the peers' status, run nothing")
     p.add_argument("--seed-table", action="store_true",
                    help="run the seed-notes comparison table (rnncore.bench.seed_table) instead of the timing suite")
+    p.add_argument("--torch-step", action="store_true",
+                   help="time a PyTorch training step with rnncore.torch.LSTM against torch.nn.LSTM instead of the "
+                        "timing suite (rnncore.bench.torch_step; --shape T,N,H and --threads apply, default 2 threads)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -237,6 +240,9 @@ def main(argv=None):
         return _list(cfg)
     progress = None if args.quiet else ProgressBar()
     out_dir = args.out  # as given: the paths printed (and kept in terminal records) hold no machine's layout
+    if args.torch_step:
+        from . import torch_step
+        return torch_step.main_from_cli(args, progress)
     if args.seed_table:
         results, st = _seed_table(args, out_dir, progress)
         written = report.write_all(results, out_dir, plots=False, seed_table=st)
