@@ -504,3 +504,23 @@ def test_adam_training_follows_torch_lstm():
         traj.append(np.array(losses))
     assert traj[0][-1] < 0.5 * traj[0][0]                    # it trained
     np.testing.assert_allclose(traj[0], traj[1], rtol=1e-9, atol=0)
+
+
+def test_module_saves_and_copies_after_a_call(tmp_path):
+    for kind in ("lstm", "gru"):
+        a, _ = _pair(kind, num_layers=2)
+        x = torch.randn(T, N, D, dtype=torch.float64)
+        with torch.no_grad():
+            want = a(x)[0]
+        assert "_rnncore_cache" in a.__dict__
+        torch.save(a, tmp_path / "m.pt")
+        b = torch.load(tmp_path / "m.pt", weights_only=False)
+        assert type(b) is type(a) and "_rnncore_cache" not in b.__dict__
+        c = copy.deepcopy(a)
+        with torch.no_grad():
+            assert torch.equal(b(x)[0], want) and torch.equal(c(x)[0], want)
+    g = rt.GRU(D, H, reset_after=False, dtype=torch.float64)
+    g(torch.randn(T, N, D, dtype=torch.float64))
+    torch.save(g, tmp_path / "g.pt")
+    g2 = torch.load(tmp_path / "g.pt", weights_only=False)
+    assert not g2.reset_after and sorted(g2.state_dict()) == sorted(g.state_dict())

@@ -82,8 +82,7 @@ class _Recurrent(torch.autograd.Function):
         out = [None, None, None]
         for i, key in enumerate(("x", "h0", "c0")):
             out.append(torch.from_numpy(grads[key]) if need[3 + i] and key in grads else None)
-        names = [n for n, _ in core._param_shapes()]
-        out += [torch.from_numpy(grads[n]) if need[6 + i] else None for i, n in enumerate(names)]
+        out += [torch.from_numpy(grads[n]) if need[6 + i] else None for i, n in enumerate(core._torch_names)]
         if torch.is_grad_enabled():   # create_graph=True: make differentiating these results an error
             given = [g for g in (dy, dh_n, dc_n) if g is not None]
             idx = [i for i, g in enumerate(out) if g is not None]
@@ -146,6 +145,7 @@ class _Module:
             else:
                 cls, cfg["reset_after"] = models.GRU, self._cell == "gru_after"
             core = cache[key] = cls._unparameterised(cfg)
+            core._torch_names = [n for n, _ in core._param_shapes()]
         return core
 
     def _core_parameters(self, core):
@@ -186,6 +186,11 @@ class _Module:
 
     def _dtype(self):
         return self._flat_weights[0].dtype
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_rnncore_cache", None)      # rebuilt on the next call; rnncore models are not pickled here
+        return state
 
     # -- argument checking ---------------------------------------------------------------------
 
@@ -288,7 +293,7 @@ class _Module:
         keep_tape = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
         core = object.__new__(type(template))
         core.__dict__.update(template.__dict__)
-        core._adopt({n: _np(t) for (n, _), t in zip(template._param_shapes(), params)})
+        core._adopt({n: _np(t) for n, t in zip(template._torch_names, params)})
         if train_dropout:
             seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
             core._dropout_rng = np.random.default_rng(seed)

@@ -148,6 +148,7 @@ def _machine(torch):
     return {"logical_cpus": os.cpu_count(), "usable_cpus": usable, "platform": platform.platform(),
             "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "rnncore": rnncore.__version__, "rnncore_blas": rnncore.blas_info(), "torch": torch.__version__,
+            "env": {k: os.environ.get(k, "unset") for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -167,7 +168,8 @@ def to_text(result):
                      f"{100 * o['fraction_of_step']:.1f} % of the module's full step")
     m = result["machine"]
     lines.append(f"machine: {m['usable_cpus']} usable CPUs, load average at start {m['loadavg_start']}, "
-                 f"torch {m['torch']}, rnncore BLAS core {m['rnncore_blas']['corename']}")
+                 f"torch {m['torch']}, rnncore BLAS core {m['rnncore_blas']['corename']}, "
+                 + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
     return "\n".join(lines)
 
 
