@@ -524,3 +524,27 @@ def test_module_saves_and_copies_after_a_call(tmp_path):
     torch.save(g, tmp_path / "g.pt")
     g2 = torch.load(tmp_path / "g.pt", weights_only=False)
     assert not g2.reset_after and sorted(g2.state_dict()) == sorted(g.state_dict())
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS) + ["gru_before"])
+def test_gradients_pass_gradcheck(kind):
+    """Finite differences of the module (input and initial states), and a retained graph gives the same twice."""
+    torch.manual_seed(0)
+    if kind == "gru_before":
+        m, has_c = rt.GRU(2, 3, num_layers=2, bidirectional=True, reset_after=False, dtype=torch.float64), False
+    else:
+        ours, _, extra = KINDS[kind]
+        m, has_c = ours(2, 3, num_layers=2, bidirectional=True, dtype=torch.float64, **extra), kind == "lstm"
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, h0, c0):
+        y, hidden = m(x, (h0, c0) if has_c else h0)
+        return (y,) + (hidden if has_c else (hidden,))
+    assert torch.autograd.gradcheck(f, (x, h0, c0))
+    y, _ = m(x)
+    loss = y.square().sum()
+    g1 = torch.autograd.grad(loss, [x] + list(m.parameters()), retain_graph=True)
+    g2 = torch.autograd.grad(loss, [x] + list(m.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
