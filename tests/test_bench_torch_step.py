@@ -20,6 +20,8 @@ def test_run_reports_every_shape_and_the_overhead():
         assert set(r["median_s"]) == {"rnncore.torch.LSTM", "torch.nn.LSTM"}
         assert all(v > 0 for v in r["median_s"].values())
         assert r["speedup"] == pytest.approx(r["median_s"]["torch.nn.LSTM"] / r["median_s"]["rnncore.torch.LSTM"])
+        assert r["speedup_min"] == pytest.approx(r["min_s"]["torch.nn.LSTM"] / r["min_s"]["rnncore.torch.LSTM"])
+        assert all(r["min_s"][k] <= r["median_s"][k] for k in r["min_s"])
     o = res["overhead"]
     assert (o["T"], o["N"], o["H"]) == (5, 2, 8)
     assert o["overhead_s"] == pytest.approx(o["median_s"]["module"] - o["median_s"]["bare"])
