@@ -26,6 +26,7 @@ def test_run_reports_every_shape_and_the_overhead():
     assert (o["T"], o["N"], o["H"]) == (5, 2, 8)
     assert o["overhead_s"] == pytest.approx(o["median_s"]["module"] - o["median_s"]["bare"])
     assert o["fraction_of_step"] == pytest.approx(o["overhead_s"] / o["step_s"])
+    assert o["overhead_min_s"] == pytest.approx(o["min_s"]["module"] - o["min_s"]["bare"])
     text = torch_step.to_text(res)
     assert "wrapper overhead" in text and "speedup" in text
     assert "| 5 | 2 | 8 |" in torch_step.to_markdown(res)
