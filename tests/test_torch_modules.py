@@ -548,3 +548,12 @@ def test_gradients_pass_gradcheck(kind):
     g1 = torch.autograd.grad(loss, [x] + list(m.parameters()), retain_graph=True)
     g2 = torch.autograd.grad(loss, [x] + list(m.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+def test_import_rnncore_does_not_import_torch():
+    import subprocess
+    import sys
+    code = ("import sys, rnncore; assert 'torch' not in sys.modules; "
+            "m = rnncore.torch; assert 'torch' in sys.modules and m.LSTM.__module__ == 'rnncore.torch'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

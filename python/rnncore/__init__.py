@@ -86,5 +86,8 @@ def __getattr__(name):
     # rnncore.torch (PyTorch modules on rnncore's core) imports torch: loaded on first use only
     if name == "torch":
         import importlib
-        return importlib.import_module(".torch", __name__)
+        try:
+            return importlib.import_module(".torch", __name__)
+        except ImportError as e:   # an attribute lookup answers AttributeError; `import rnncore.torch` shows the cause
+            raise AttributeError(f"rnncore.torch is not available: {e}") from e
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,10 +26,14 @@ generator seeded, at each call, with one integer drawn from PyTorch's default CP
 """
 
 import numpy as np
-import torch
-from torch.nn.utils.rnn import PackedSequence
 
-from . import _convert, _torch, models
+try:
+    import torch
+except ImportError as e:
+    raise ImportError(f'rnncore.torch needs PyTorch: pip install "rnncore[torch]" ({e})') from e
+from torch.nn.utils.rnn import PackedSequence  # noqa: E402
+
+from . import _convert, models  # noqa: E402
 
 __all__ = ["LSTM", "GRU", "RNN", "convert", "revert"]
 
