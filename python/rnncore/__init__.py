@@ -12,7 +12,8 @@ a linear readout, gradient clipping and Adam.
 
 Interoperability (the frameworks are imported only when used): ``LSTM.from_torch(module)`` /
 ``model.to_torch()``, ``rnncore.from_keras(layers)`` / ``model.to_keras()``, ``model.to_onnx(path)`` /
-``rnncore.from_onnx(path)``; files: ``model.save(path)`` / ``rnncore.load(path)``.
+``rnncore.from_onnx(path)``; files: ``model.save(path)`` / ``rnncore.load(path)``. Inside PyTorch:
+``rnncore.torch.LSTM`` / ``GRU`` / ``RNN`` (torch.nn modules computed by rnncore), ``rnncore.torch.convert(model)``.
 """
 
 import numbers
