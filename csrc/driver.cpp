@@ -129,13 +129,6 @@ void final_state(const Schedule& S, const T* slots, int64_t H, T* dst) {
     std::memcpy(dst + S.perm[i] * H, slots + (S.O[S.len[i]] + i) * H, size_t(H) * sizeof(T));
 }
 
-template <class T>
-void column_sums(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
-  zero(out, cols);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
-}
-
 // The largest packed copy of the weights (W_hh slices, W_ih) that this thread's last forward or
 // backward held at once: workspace of the call, freed when it returns.
 thread_local int64_t tl_packed_bytes = 0;
@@ -203,11 +196,11 @@ constexpr int64_t kMinRows = 8;  // a row group's GEMM below this loses more tha
 // The rule: slices first, as many as threads while each keeps at least one panel of the step
 // GEMM (`align` units: 32 for float with AVX-512), then row groups of at least kMinRows rows for
 // the threads left (README, "How it is built": chosen by timing both splits on 2 cores).
-Split plan_split(const Schedule& S, int64_t H, int threads, bool single_step, int64_t align) {
+Split plan_split(const Schedule& S, int64_t H, int threads, bool single_step, int64_t align, bool whole_rows) {
   Split sp;
   const int64_t N = S.N;
   if (!single_step && threads > 1 && N > 0) {
-    const int max_cols = int(std::max<int64_t>(1, H / align));
+    const int max_cols = whole_rows ? 1 : int(std::max<int64_t>(1, H / align));
     const int max_rows = int(std::max<int64_t>(1, N / kMinRows));
     sp.cols = std::min(threads, max_cols);
     sp.rows = std::max(1, std::min(threads / sp.cols, max_rows));
@@ -238,7 +231,14 @@ struct Layer {  // one layer and direction, as the time loops see it
   int d;
   int threads;
   int64_t G() const { return cell.gates * H; }
-  int64_t W() const { return (cell.gates + cell.extra_cols) * H; }
+  int64_t W() const { return (cell.gates + cell.extra_cols) * H; }       // cache row
+  int64_t ldd() const { return (cell.gates + cell.grad_cols) * H; }      // gradient row
+  const T* W_ih() const { return w.p[0]; }
+  const T* W_hh() const { return w.p[1]; }
+  // the parameters as a step of a slice sees them: advanced to its first unit
+  void slice_params(int64_t j0, Step<T>& st) const {
+    for (int k = 0; k < cell.num_params; ++k) st.p[k] = w.p[k] ? w.p[k] + j0 : nullptr;
+  }
   int64_t block_rows(int k) const { return cell.blocks[k].row1 - cell.blocks[k].row0; }
   // A call of one step (the cell API, streaming step by step) is about latency: its products
   // with the weights use dot-product kernels on the weights as they are, with no packing and no
@@ -252,6 +252,17 @@ struct Layer {  // one layer and direction, as the time loops see it
     return buf.data();
   }
 };
+
+// The hooks' view of every step (step.h, AllSteps): the schedule and the parameters.
+template <class T>
+void fill_steps(const Layer<T>& L, AllSteps<T>& a) {
+  a.steps = L.S.T;
+  a.H = L.H;
+  a.R = L.S.O[L.S.T];
+  a.O = L.S.O.data();
+  a.B = L.S.B.data();
+  for (int k = 0; k < L.cell.num_params; ++k) a.p[k] = L.w.p[k];
+}
 
 // W_hh packed by slice, for each block k and slice c. Forward: B = the block's rows of the
 // slice's units, transposed (K = H, columns gate-major, then unit). Backward: B = the block's
@@ -285,14 +296,14 @@ struct PackedSlices {
   void pack(const Layer<T>& L, const Split& sp, bool fwd, int c) const {
     const int64_t H = L.H, j0 = sp.unit_cut[c], w = sp.unit_cut[c + 1] - j0;
     for (int k = 0; k < L.cell.num_blocks; ++k) {
-      const T* rows = L.w.W_hh + L.cell.blocks[k].row0 * H * H;
+      const T* rows = L.W_hh() + L.cell.blocks[k].row0 * H * H;
       if (fwd)
         L.step.pack(rows + j0 * H, H, true, H, L.block_rows(k) * w, w, H, at(k, c));
       else
         L.step.pack(rows + j0, H, false, L.block_rows(k) * H, w, w, w, at(k, c));
     }
     if (!ih_off.empty())
-      for (int q = 0; q < gates; ++q) L.step.pack(L.w.W_ih + (q * H + j0) * L.D, L.D, true, L.D, w, w, 0, ih(c, q));
+      for (int q = 0; q < gates; ++q) L.step.pack(L.W_ih() + (q * H + j0) * L.D, L.D, true, L.D, w, w, 0, ih(c, q));
   }
 };
 
@@ -350,7 +361,7 @@ void project(const Layer<T>& L, const T* x, int64_t R, T* g, int64_t ldg) {
         if (stage == 0) {  // panels [p0, p1): columns [p0 * NW, p1 * NW)
           const int64_t p0 = panels * it / items, p1 = panels * (it + 1) / items;
           const int64_t c0 = p0 * NW, c1 = std::min(G, p1 * NW);
-          if (c1 > c0) L.step.pack(L.w.W_ih + c0 * D, D, true, D, c1 - c0, c1 - c0, 0, Bp.data() + p0 * D * NW);
+          if (c1 > c0) L.step.pack(L.W_ih() + c0 * D, D, true, D, c1 - c0, c1 - c0, 0, Bp.data() + p0 * D * NW);
           return;
         }
         const int64_t s0 = std::min(R, (stage - 1) * srows), s1 = std::min(R, s0 + srows);
@@ -370,7 +381,8 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
 
   Buffer<T> xbuf, gbuf, hbuf, cbuf;
   const T* xp = L.slot_input(in, xbuf);
-  const bool fused = !L.single_step() && !train && S.N >= kFuseRows;
+  // (not for a cell that works on the projection of every step first: LayerNorm's)
+  const bool fused = !L.single_step() && !train && S.N >= kFuseRows && !cell.project_done;
   gbuf = Buffer<T>((fused && !train ? S.N : R) * W);  // one slot: the projection in the loop, inference
   hbuf = Buffer<T>(S.O[S.T + 1] * H);
   const bool c_slots = train;  // backward needs every c; inference updates one (N, H) in place
@@ -382,16 +394,23 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
 
   // input projection of every step: one GEMM (or inside the loop, step by step)
   if (L.single_step())
-    L.step.gemm_nt(R, L.D, G, xp, L.D, L.w.W_ih, L.D, false, g, W);
+    L.step.gemm_nt(R, L.D, G, xp, L.D, L.W_ih(), L.D, false, g, W);
   else if (!fused)
     project(L, xp, R, g, W);
+  if (cell.project_done) {
+    AllSteps<T> a;
+    fill_steps(L, a);
+    a.g = g;
+    a.ldg = W;
+    cell.project_done(a);
+  }
   auto gslot = [&](int64_t s) { return fused && !train ? g : g + S.O[s] * W; };
   if (!(fused && !train))
     for (int64_t s = 0; s < S.T; ++s) zero(g + (S.O[s] + S.B[s]) * W, (S.slot_rows(s) - S.B[s]) * W);
   permute_in(S, h0, H, hs);
   if (cell.has_c) permute_in(S, c0, H, cs);
 
-  const Split sp = plan_split(S, H, L.threads, L.single_step(), L.step.packed_size(1, 1));
+  const Split sp = plan_split(S, H, L.threads, L.single_step(), L.step.packed_size(1, 1), cell.whole_rows);
   const PackedSlices<T> packed(L, sp, true, fused);
   note_packed(packed.buf.size() * int64_t(sizeof(T)));
   const int nb = cell.num_blocks;
@@ -417,7 +436,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
       L.step.gemm(m, H, L.block_rows(k) * w, op, ld, B, false, rec_it + bk.row0 * w, ldr);
     } else {
       for (int q = bk.row0; q < bk.row1; ++q)
-        L.step.gemm_nt(m, H, w, op, ld, L.w.W_hh + (q * H + j0) * H, H, false, rec_it + q * w, ldr);
+        L.step.gemm_nt(m, H, w, op, ld, L.W_hh() + (q * H + j0) * H, H, false, rec_it + q * w, ldr);
     }
     Step<T> st;
     st.m = m;
@@ -427,8 +446,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     st.ldg = W;
     st.rec = rec_it;
     st.rs = w;
-    st.b = L.w.b + j0;
-    st.b_hn = L.w.b_hn ? L.w.b_hn + j0 : nullptr;
+    L.slice_params(j0, st);
     st.h_prev = hs + (S.O[s] + i0) * H + j0;
     st.h = hs + (S.O[s + 1] + i0) * H + j0;
     if (cell.has_c) {
@@ -474,19 +492,20 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
       zero(dybuf.data(), R * H);
     dyp = dybuf.data();
   }
-  Buffer<T> dGbuf(R * G), dRbuf(cell.separate_rec_grad ? R * G : 0);
+  const int64_t ldd = L.ldd();
+  Buffer<T> dGbuf(R * ldd), dRbuf(cell.separate_rec_grad ? R * ldd : 0);
   T* dG = dGbuf.data();
   T* dR = cell.separate_rec_grad ? dRbuf.data() : dG;
   for (int64_t s = 0; s < S.T; ++s) {
     const int64_t dead = S.slot_rows(s) - S.B[s];
-    zero(dG + (S.O[s] + S.B[s]) * G, dead * G);
-    if (dR != dG) zero(dR + (S.O[s] + S.B[s]) * G, dead * G);
+    zero(dG + (S.O[s] + S.B[s]) * ldd, dead * ldd);
+    if (dR != dG) zero(dR + (S.O[s] + S.B[s]) * ldd, dead * ldd);
   }
   Buffer<T> dH(S.N * H), dC(cell.has_c ? S.N * H : 0), dop(S.N * H);
   permute_in(S, dh_n, H, dH.data());
   if (cell.has_c) permute_in(S, dc_n, H, dC.data());
 
-  const Split sp = plan_split(S, H, L.threads, L.single_step(), L.step.packed_size(1, 1));
+  const Split sp = plan_split(S, H, L.threads, L.single_step(), L.step.packed_size(1, 1), cell.whole_rows);
   const PackedSlices<T> packed(L, sp, false);
   note_packed(packed.buf.size() * int64_t(sizeof(T)));
   const int nb = cell.num_blocks;
@@ -511,11 +530,11 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
         const Block& bk = cell.blocks[k];
         const bool to_h = bk.op_col < 0;  // d h_prev accumulates; the extra operand's gradient is fresh
         T* out = (to_h ? dH.data() : dop.data()) + i0 * H + j0;
-        const T* dgates = dR + (S.O[s] + i0) * G + bk.row0 * H;
+        const T* dgates = dR + (S.O[s] + i0) * ldd + bk.row0 * H;
         if (const T* B = packed.at(k, c))
-          L.step.gemm(m, L.block_rows(k) * H, w, dgates, G, B, to_h, out, H);
+          L.step.gemm(m, L.block_rows(k) * H, w, dgates, ldd, B, to_h, out, H);
         else
-          L.step.gemm_nn(m, L.block_rows(k) * H, w, dgates, G, L.w.W_hh + bk.row0 * H * H + j0, H, to_h, out, H);
+          L.step.gemm_nn(m, L.block_rows(k) * H, w, dgates, ldd, L.W_hh() + bk.row0 * H * H + j0, H, to_h, out, H);
       }
     }
     if (stage == pairs) return;
@@ -536,8 +555,10 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
       st.dc = dC.data() + i0 * H + j0;
     }
     st.dy = dyp + (S.O[s] + i0) * H + j0;
-    st.dg = dG + (S.O[s] + i0) * G + j0;
-    st.drec = dR + (S.O[s] + i0) * G + j0;
+    st.dg = dG + (S.O[s] + i0) * ldd + j0;
+    st.drec = dR + (S.O[s] + i0) * ldd + j0;
+    st.ldd = ldd;
+    L.slice_params(j0, st);
     st.dh = dH.data() + i0 * H + j0;
     st.dop = dop.data() + i0 * H + j0;
     cell.backward(k, st);
@@ -545,23 +566,35 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
   permute_out(S, dH.data(), H, dh0);
   if (cell.has_c) permute_out(S, dC.data(), H, dc0);
 
-  // after the loop: one GEMM each for dx, dW_ih and every block of dW_hh
-  Buffer<T> xbuf;
-  const T* xp = L.slot_input(in, xbuf);
-  team_gemm<T>(L.threads, true, false, G, L.D, R, dG, G, xp, L.D, T(0), gr.W_ih, L.D);
+  // after the loop: b, the cell's own parameters, then one GEMM each for every block of dW_hh,
+  // dW_ih and dx
+  column_sums(dG, R, G, ldd, gr.p[2]);
+  AllSteps<T> all;
+  fill_steps(L, all);
+  all.g = const_cast<T*>(g);
+  all.ldg = W;
+  all.hs = hs;
+  all.cs = cs;
+  all.dg = dG;
+  all.drec = dR;
+  all.ldd = ldd;
+  for (int k = 0; k < cell.num_params; ++k) all.dp[k] = gr.p[k];
+  if (cell.param_grads) cell.param_grads(all);
   for (int k = 0; k < cell.num_blocks; ++k) {
     const Block& bk = cell.blocks[k];
     const T* op = bk.op_col < 0 ? hs : g + bk.op_col * H;
-    team_gemm<T>(L.threads, true, false, (bk.row1 - bk.row0) * H, H, R, dR + bk.row0 * H, G, op,
-                 bk.op_col < 0 ? H : W, T(0), gr.W_hh + bk.row0 * H * H, H);
+    team_gemm<T>(L.threads, true, false, (bk.row1 - bk.row0) * H, H, R, dR + bk.row0 * H, ldd, op,
+                 bk.op_col < 0 ? H : W, T(0), gr.p[1] + bk.row0 * H * H, H);
   }
-  column_sums(dG, R, G, G, gr.b);
-  if (cell.has_b_hn) column_sums(dR + 2 * H, R, H, G, gr.b_hn);
+  if (cell.input_grads) cell.input_grads(all);
+  Buffer<T> xbuf;
+  const T* xp = L.slot_input(in, xbuf);
+  team_gemm<T>(L.threads, true, false, G, L.D, R, dG, ldd, xp, L.D, T(0), gr.p[0], L.D);
   if (S.natural && L.d == 0) {
-    team_gemm<T>(L.threads, false, false, R, L.D, G, dG, G, L.w.W_ih, L.D, T(1), dx, L.D);
+    team_gemm<T>(L.threads, false, false, R, L.D, G, dG, ldd, L.W_ih(), L.D, T(1), dx, L.D);
   } else {
     Buffer<T> dxp(R * L.D);
-    team_gemm<T>(L.threads, false, false, R, L.D, G, dG, G, L.w.W_ih, L.D, T(0), dxp.data(), L.D);
+    team_gemm<T>(L.threads, false, false, R, L.D, G, dG, ldd, L.W_ih(), L.D, T(0), dxp.data(), L.D);
     scatter(S, L.d, dxp.data(), L.D, 0, dx, L.D, true);
   }
 }
