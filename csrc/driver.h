@@ -86,6 +86,7 @@ struct Tape {
     Buffer<T> hs;     // slot layout, (O[T+1], R)
     Buffer<T> cs;     // same, LSTM only
     Buffer<T> cache;  // slot layout, (O[T], W), cells that keep one
+    Buffer<T> ms;     // a projecting layer's cell outputs m, g's slot rows, (O[T], H)
   };
   std::vector<Dir> dirs;  // layer-major, direction-minor
   Tape(const Problem& p, const int64_t* lengths) : p(p), sched(p.T, p.N, lengths) {}
