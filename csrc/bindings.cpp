@@ -174,7 +174,8 @@ Config config(int cell, int64_t layers, int64_t dirs, int64_t T, int64_t N, int6
   const int G = spec.gates;
   // every count the BLAS sees is a 32-bit int, and (T + 1) * N rows of (G + 1) * H columns must fit
   const int64_t lim = int64_t(1) << 31;
-  const int64_t wide = std::max<int64_t>({D, dirs * H, (G + 1 + spec.grad_cols) * H});
+  const int64_t cache_row = (G + spec.extra_cols) * H + (spec.extra_scalars + 15) / 16 * 16;
+  const int64_t wide = std::max<int64_t>({D, dirs * H, (G + 1) * H, cache_row, (G + spec.grad_cols) * H});
   if ((T + 1) * N >= lim || wide >= lim || (T + 1) * N > (int64_t(1) << 62) / wide / 8)
     throw py::value_error("sizes too large: T=" + std::to_string(T) + ", N=" + std::to_string(N) +
                           ", D=" + std::to_string(D) + ", H=" + std::to_string(H));

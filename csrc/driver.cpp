@@ -240,7 +240,9 @@ struct Layer {  // one layer and direction, as the time loops see it
   bool projects() const { return R != H; }
   const T* W_hr() const { return w.p[cell.num_params]; }  // (R, H), when projecting
   int64_t G() const { return cell.gates * H; }
-  int64_t W() const { return (cell.gates + cell.extra_cols) * H; }       // cache row
+  int64_t W() const {  // cache row
+    return (cell.gates + cell.extra_cols) * H + (cell.extra_scalars + 15) / 16 * 16;
+  }
   int64_t ldd() const { return (cell.gates + cell.grad_cols) * H; }      // gradient row
   const T* W_ih() const { return w.p[0]; }
   const T* W_hh() const { return w.p[1]; }
@@ -271,6 +273,20 @@ void fill_steps(const Layer<T>& L, AllSteps<T>& a) {
   a.O = L.S.O.data();
   a.B = L.S.B.data();
   for (int k = 0; k < L.cell.num_params; ++k) a.p[k] = L.w.p[k];
+}
+
+// A row-wise hook over the team: rows [0, R) in shares of whole 8-row groups.
+template <class T>
+void run_rowwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), AllSteps<T> a) {
+  const int64_t R = a.R;
+  const int items = int(std::max<int64_t>(1, std::min<int64_t>(L.threads, R / 16)));
+  if (!run_stages(L.threads, items, 1, [&](int it, int64_t) {
+        AllSteps<T> mine = a;
+        mine.r0 = std::min(R, (R * it / items + 7) / 8 * 8);
+        mine.r1 = it + 1 == items ? R : std::min(R, (R * (it + 1) / items + 7) / 8 * 8);
+        hook(mine);
+      }))
+    throw Interrupted();
 }
 
 // W_hh packed by slice, for each block k and slice c. Forward: B = the block's rows of the
@@ -440,7 +456,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     fill_steps(L, a);
     a.g = g;
     a.ldg = W;
-    cell.project_done(a);
+    run_rowwise(L, cell.project_done, a);
   }
   auto gslot = [&](int64_t s) { return fused && !train ? g : g + S.O[s] * W; };
   if (!(fused && !train))
@@ -699,7 +715,7 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
                  bk.op_col < 0 ? Rh : W, T(0), gr.p[1] + bk.row0 * H * Rh, Rh);
   }
   if (proj) team_gemm<T>(L.threads, true, false, Rh, H, R, dHT.data(), Rh, ms, H, T(0), gr.p[cell.num_params], H);
-  if (cell.input_grads) cell.input_grads(all);
+  if (cell.input_grads) run_rowwise(L, cell.input_grads, all);
   Buffer<T> xbuf;
   const T* xp = L.slot_input(in, xbuf);
   team_gemm<T>(L.threads, true, false, G, L.D, R, dG, ldd, xp, L.D, T(0), gr.p[0], L.D);

@@ -5,6 +5,7 @@
 
 #include "cells/gru.h"
 #include "cells/lstm.h"
+#include "cells/lstm_ln.h"
 #include "cells/rnn.h"
 #include "smallgemm.h"
 
@@ -18,7 +19,7 @@ struct CellList {
 // Every cell, in the order of its code. A new cell goes at the end (codes are not stored anywhere,
 // but keeping them stable keeps old tapes and tests readable).
 using Cells = CellList<SimpleRNNCell<Tanh>, SimpleRNNCell<Relu>, LSTMCell<false>, GRUCell<false>, GRUCell<true>,
-                       LSTMCell<true>>;
+                       LSTMCell<true>, LayerNormLSTMCell>;
 
 // A cell's optional members: present or the default.
 template <class C, class = void>
@@ -54,6 +55,7 @@ CellSpec<T> make_spec() {
   s.keras = Cell::keras;
   s.onnx = Cell::onnx;
   s.extra_cols = Cell::extra_cols;
+  s.extra_scalars = Cell::extra_scalars;
   s.keeps_cache = Cell::keeps_cache;
   s.separate_rec_grad = Cell::separate_rec_grad;
   s.grad_cols = Cell::grad_cols;

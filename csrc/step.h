@@ -50,6 +50,7 @@ struct Step {
 template <class T>
 struct AllSteps {
   int64_t steps = 0, H = 0, R = 0;  // steps, hidden size, rows of g (O[steps])
+  int64_t r0 = 0, r1 = 0;           // the rows a row-wise hook (project_done, input_grads) works on
   const int64_t* O = nullptr;       // steps + 2 slot offsets
   const int64_t* B = nullptr;       // rows running at each step
   const T* p[kMaxParams] = {};      // the parameters (not advanced)
@@ -109,6 +110,7 @@ struct CellSpec {
   const char* onnx = "";
 
   int extra_cols = 0;       // cache columns beyond the G*H gates, in units of H
+  int extra_scalars = 0;    // then this many values per row (padded to a multiple of 16)
   bool keeps_cache = false; // backward reads the cache (else only h, c)
   bool separate_rec_grad = false;
   int grad_cols = 0;        // columns of dg beyond G*H, in units of H
@@ -117,7 +119,8 @@ struct CellSpec {
   Block blocks[2] = {};
   void (*forward)(int phase, const Step<T>&) = nullptr;   // phase k runs after block k's GEMM
   void (*backward)(int phase, const Step<T>&) = nullptr;  // phase k runs before block k's GEMM
-  // Optional hooks outside the time loop (null: nothing to do), on the calling thread:
+  // Optional hooks outside the time loop (null: nothing to do). The row-wise ones run over the
+  // team, each thread on rows [r0, r1); param_grads runs once, on every row.
   void (*project_done)(const AllSteps<T>&) = nullptr;  // after the input projection of every step
   void (*input_grads)(const AllSteps<T>&) = nullptr;   // after the loop, turns dg into the gradient
                                                        //   of the input projection (default: it is)
@@ -186,6 +189,7 @@ struct CellDefaults {
   static constexpr const char* keras = "";
   static constexpr const char* onnx = "";
   static constexpr int extra_cols = 0;
+  static constexpr int extra_scalars = 0;
   static constexpr bool keeps_cache = true;
   static constexpr bool separate_rec_grad = false;
   static constexpr int grad_cols = 0;
