@@ -26,16 +26,21 @@ import numpy as np
 _BLAS_KERNEL_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _BLAS_ENV = {k: _os.environ.get(k) for k in _BLAS_KERNEL_ENV}
 
+if _os.name == "nt":
+    # Windows has no run path: importing scipy_openblas32 adds the folder of its OpenBLAS DLL to the
+    # DLL search path (Linux and macOS find the library through _core's run path instead).
+    import scipy_openblas32  # noqa: F401
+
 from . import _core, _threadpool, reference, train  # noqa: E402
 from ._convert import from_torch_state_dict, to_torch_state_dict  # noqa: E402
 from ._io import load  # noqa: E402
 from ._keras import from_keras  # noqa: E402
 from ._onnx import from_onnx  # noqa: E402
 from ._torch import from_torch  # noqa: E402
+from ._version import __version__  # noqa: E402
 from .cells import GRUCell, LSTMCell, RNNCell, Stream  # noqa: E402
 from .models import GRU, LSTM, RNN, Gradients, Tape  # noqa: E402
 
-__version__ = "0.1.0"
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "Gradients", "reference", "train",
            "set_num_threads", "get_num_threads", "team_stats", "MAX_THREADS", "blas_info",
            "from_torch_state_dict", "to_torch_state_dict", "from_torch", "from_keras", "from_onnx", "load"]
