@@ -13,10 +13,23 @@ with D_0 = input_size and D_k = dirs * H above. Gate order: LSTM i, f, g, o; GRU
 """
 
 import numbers
+from typing import TYPE_CHECKING
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, NoReturn, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _core
+
+if TYPE_CHECKING:
+    from .cells import Stream
+
+# A model's state: h (RNN, GRU) or (h, c) (LSTM); None in a call means zeros.
+State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
+StateArg = Union[None, np.ndarray, Tuple[Optional[np.ndarray], Optional[np.ndarray]]]
+# Anything numpy.random.default_rng takes: None draws fresh entropy.
+Seed = Union[None, int, Sequence[int], np.random.SeedSequence, np.random.BitGenerator, np.random.Generator]
+_Weights = List[Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]]
 
 _CELL_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3, "gru_after": 4}
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -27,16 +40,21 @@ class _CoreEngine:
     """The C++ driver (GIL released inside)."""
 
     @staticmethod
-    def forward(cell, num_layers, bidirectional, weights, x, h0, c0, lengths, masks, train):
+    def forward(cell: str, num_layers: int, bidirectional: bool, weights: _Weights, x: np.ndarray, h0: np.ndarray,
+                c0: Optional[np.ndarray], lengths: Optional[np.ndarray], masks: Optional[np.ndarray],
+                train: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[_core.Tape]]:
         return _core.forward(_CELL_CODES[cell], num_layers, 2 if bidirectional else 1, weights, x, h0, c0,
                              lengths, masks, train)
 
     @staticmethod
-    def backward(tape, weights, masks, dy, dh_n, dc_n):
+    def backward(tape: _core.Tape, weights: _Weights, masks: Optional[np.ndarray], dy: Optional[np.ndarray],
+                 dh_n: Optional[np.ndarray], dc_n: Optional[np.ndarray]) -> Tuple[
+                     np.ndarray, np.ndarray, Optional[np.ndarray],
+                     List[Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]]]:
         return _core.backward(tape, weights, masks, dy, dh_n, dc_n)
 
 
-def _describe(a):
+def _describe(a: object) -> str:
     if isinstance(a, np.ndarray):
         return f"array of shape {a.shape} and dtype {a.dtype}"
     return f"{type(a).__name__}"
@@ -47,7 +65,8 @@ class Tape:
 
     __slots__ = ("model", "engine_tape", "weights", "masks", "T", "N", "has_lengths")
 
-    def __init__(self, model, engine_tape, weights, masks, T, N, has_lengths):
+    def __init__(self, model: "_Recurrent", engine_tape: Optional[_core.Tape], weights: _Weights,
+                 masks: Optional[np.ndarray], T: int, N: int, has_lengths: bool) -> None:
         self.model = model
         self.engine_tape = engine_tape
         self.weights = weights
@@ -55,17 +74,17 @@ class Tape:
         self.T, self.N, self.has_lengths = T, N, has_lengths
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         """Bytes the tape holds: the engine's buffers and the dropout masks (the weights are the model's)."""
         own = getattr(self.engine_tape, "nbytes", None)
         return (own or 0) + (self.masks.nbytes if self.masks is not None else 0)
 
-    def __reduce_ex__(self, protocol):
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
         raise TypeError("tape: a Tape cannot be pickled or copied: it holds the core's buffers of one forward "
                         "call and belongs to the model that made it; call backward in the same process")
 
 
-class Gradients(dict):
+class Gradients(Dict[str, np.ndarray]):
     """What ``backward`` returns: a dict of every gradient, so ``grads["x"]`` and ``grads["W_ih_l0"]``
     read as before, which keeps the parameter gradients apart from the others by construction:
     ``parameters()`` is the dict of the parameter gradients alone (the model's parameter names),
@@ -75,24 +94,25 @@ class Gradients(dict):
 
     __slots__ = ("_inputs",)
 
-    def __init__(self, inputs, parameters):
+    def __init__(self, inputs: Mapping[str, np.ndarray],
+                 parameters: Union[Mapping[str, np.ndarray], Iterable[Tuple[str, np.ndarray]]]) -> None:
         super().__init__(inputs)
         self._inputs = tuple(inputs)
         self.update(parameters)
 
-    def parameters(self):
+    def parameters(self) -> Dict[str, np.ndarray]:
         """name -> gradient of each parameter (a new dict of the same arrays)."""
         return {k: v for k, v in self.items() if k not in self._inputs}
 
-    def inputs(self):
+    def inputs(self) -> Dict[str, np.ndarray]:
         """The gradients with respect to the input and the initial states (a new dict of the same arrays)."""
         return {k: self[k] for k in self._inputs if k in self}
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (Gradients, (self.inputs(), self.parameters()))
 
 
-class _Parameters(dict):
+class _Parameters(Dict[str, np.ndarray]):
     """A model's live parameters, name -> ndarray: a dict that takes only the model's own names.
 
     An entry may be replaced (by an array of any shape or dtype, which the next call then names)
@@ -103,13 +123,13 @@ class _Parameters(dict):
 
     __slots__ = ("_names", "_owner")
 
-    def __init__(self, names, owner, items=()):
+    def __init__(self, names: Iterable[str], owner: str, items: Any = ()) -> None:
         super().__init__()
         self._names = frozenset(names)
         self._owner = owner
         self.update(items)
 
-    def _check(self, name, value):
+    def _check(self, name: object, value: object) -> None:
         if name not in self._names:
             raise ValueError(f"parameters: {_short_repr(name)} is not a parameter of this {self._owner} (its names: "
                              f"{_listed(self._names)}); keep other parameters, a readout's say, in a dict of your "
@@ -118,27 +138,27 @@ class _Parameters(dict):
             raise TypeError(f"parameters[{name!r}]: masked arrays are not supported (the mask would be ignored); "
                             f"pass a plain ndarray")
 
-    def __setitem__(self, name, value):
+    def __setitem__(self, name: str, value: np.ndarray) -> None:
         self._check(name, value)
         super().__setitem__(name, value)
 
-    def update(self, *args, **kw):
+    def update(self, *args: Any, **kw: Any) -> None:
         items = dict(*args, **kw)
         for name, value in items.items():
             self._check(name, value)
         for name, value in items.items():
             super().__setitem__(name, value)
 
-    def setdefault(self, name, default=None):
+    def setdefault(self, name: str, default: Any = None) -> np.ndarray:
         if name not in self:
             self[name] = default
         return self[name]
 
-    def __ior__(self, other):
+    def __ior__(self, other: Any) -> "_Parameters":  # type: ignore[override,misc]
         self.update(other)
         return self
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (_Parameters, (sorted(self._names), self._owner, dict(self)))
 
 
@@ -148,13 +168,25 @@ class _Recurrent:
     A subclass sets ``cell``, the engines' name of its cell ("rnn_tanh", "lstm", "gru_after", ...).
     """
 
-    _engine = _CoreEngine
+    _engine: Any = _CoreEngine
     _gates = 1
     _has_c = False
-    _default_dtype = np.float32
+    _default_dtype: DTypeLike = np.float32
+    cell: str
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    batch_first: bool
+    dropout: float
+    dtype: "np.dtype[Any]"
+    seed: Seed
+    _dropout_rng: np.random.Generator
+    _params: _Parameters
+    _layout_cache: Optional[List[Tuple[Tuple[str, Tuple[int, ...]], ...]]]
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
-                 dropout=0.0, dtype=None, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 batch_first: bool = False, dropout: float = 0.0, dtype: Optional[DTypeLike] = None, seed: Seed = None) -> None:
         rng = self._configure(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
         total = self._check_model_sizes()
         np.empty(total, self.dtype)  # untouched: a model that cannot fit fails here at once, with MemoryError
@@ -163,13 +195,13 @@ class _Recurrent:
         for name, shape in self._param_shapes():
             self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
 
-    def _configure_extra(self, **extra):
+    def _configure_extra(self, **extra: Any) -> None:
         """The subclass's own constructor arguments (RNN: nonlinearity, GRU: reset_after), checked and set."""
         if extra:
             raise TypeError(f"{type(self).__name__}: unexpected arguments {sorted(extra)}")
 
     @classmethod
-    def _unparameterised(cls, config):
+    def _unparameterised(cls, config: Mapping[str, Any]) -> Any:
         """A model of this configuration (constructor arguments but seed, all checked) without parameters:
         nothing is allocated. ``_adopt`` gives it its parameters."""
         config = dict(config)
@@ -182,7 +214,7 @@ class _Recurrent:
         model._params = model._new_parameters()
         return model
 
-    def _adopt(self, arrays):
+    def _adopt(self, arrays: Mapping[str, np.ndarray]) -> Any:
         """Take ``arrays`` (name -> ndarray of exactly this model's names, shapes and dtype) as the
         parameters, without copying those that are C-contiguous, aligned and writeable."""
         expected = dict(self._param_shapes())
@@ -198,11 +230,12 @@ class _Recurrent:
         self._params = self._new_parameters(params)
         return self
 
-    def _new_parameters(self, items=()):
+    def _new_parameters(self, items: Any = ()) -> _Parameters:
         return _Parameters((name for name, _ in self._param_shapes()), type(self).__name__, items)
 
-    def _configure(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
-                   dropout=0.0, dtype=None, seed=None):
+    def _configure(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                   batch_first: bool = False, dropout: float = 0.0, dtype: Optional[DTypeLike] = None,
+                   seed: Seed = None) -> np.random.Generator:
         """Check and set the configuration; returns the generator that initialises parameters."""
         self.input_size = _positive_int(input_size, "input_size")
         self.hidden_size = _positive_int(hidden_size, "hidden_size")
@@ -231,10 +264,10 @@ class _Recurrent:
     # ---- configuration -------------------------------------------------------------------
 
     @property
-    def dirs(self):
+    def dirs(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def _param_shapes(self):
+    def _param_shapes(self) -> Iterator[Tuple[str, Tuple[int, ...]]]:
         H, G = self.hidden_size, self._gates * self.hidden_size
         for layer in range(self.num_layers):
             D = self.input_size if layer == 0 else self.dirs * H
@@ -246,7 +279,7 @@ class _Recurrent:
                 if self.cell == "gru_after":
                     yield "b_hn" + sfx, (H,)
 
-    def _check_model_sizes(self):
+    def _check_model_sizes(self) -> int:
         """The number of parameter values; ValueError when a dimension or the total overflows the core's counts."""
         D, H, G = self.input_size, self.hidden_size, self._gates
         widest = max((G + 1) * H, self.dirs * H)
@@ -262,24 +295,24 @@ class _Recurrent:
                              f"num_layers={self.num_layers} give {total} parameters, more bytes than 64 bits count")
         return total
 
-    def _extra_repr(self):
+    def _extra_repr(self) -> str:
         return ""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, batch_first={self.batch_first}, dropout={self.dropout}, "
                 f"dtype={self.dtype.name}{self._extra_repr()})")
 
     # ---- parameters ----------------------------------------------------------------------
 
-    def parameters(self):
+    def parameters(self) -> Dict[str, np.ndarray]:
         """The live parameters, name -> ndarray; editing an array in place changes the model."""
         return self._params
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return sum(int(np.prod(s)) for _, s in self._param_shapes())
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """A copy of every parameter, name -> ndarray: what ``load_state_dict`` takes back. A parameter
         removed or replaced by one of another shape through ``parameters()`` is named (TypeError, ValueError)."""
         out = {}
@@ -290,7 +323,7 @@ class _Recurrent:
             out[name] = a.copy()
         return out
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike]) -> None:
         """Copy parameters in (cast to this model's dtype). Checks everything before changing anything."""
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict: expected a mapping of name -> array, got {_describe(state_dict)}")
@@ -320,15 +353,15 @@ class _Recurrent:
             else:  # the live entry was replaced or removed through parameters(): a fresh array
                 self._params[name] = np.array(a, dtype=self.dtype)
 
-    def _layout(self):
+    def _layout(self) -> List[Tuple[Tuple[str, Tuple[int, ...]], ...]]:
         """Per layer and direction, the (name, shape) of W_ih, W_hh, b (and b_hn); computed once."""
         if getattr(self, "_layout_cache", None) is None:
             names = list(self._param_shapes())
             per = 4 if self.cell == "gru_after" else 3
             self._layout_cache = [tuple(names[i:i + per]) for i in range(0, len(names), per)]
-        return self._layout_cache
+        return self._layout_cache  # type: ignore[return-value]  # set just above
 
-    def _weights(self):
+    def _weights(self) -> _Weights:
         """Per layer and direction (W_ih, W_hh, b, b_hn or None), checked and C-contiguous."""
         out = []
         params, dtype = self._params, self.dtype
@@ -342,10 +375,10 @@ class _Recurrent:
                             or a.shape != shape):
                         self._bad_parameter(name, a, shape)
                 arrays.append(_c_aligned(a))
-            out.append(tuple(arrays) + (None,) * (4 - len(arrays)))
+            out.append((arrays[0], arrays[1], arrays[2], arrays[3] if len(arrays) > 3 else None))
         return out
 
-    def _bad_parameter(self, name, a, shape):
+    def _bad_parameter(self, name: str, a: object, shape: Tuple[int, ...]) -> NoReturn:
         if isinstance(a, np.ma.MaskedArray):
             raise TypeError(f"parameter {name!r}: masked arrays are not supported (the mask would be ignored); "
                             f"assign a plain ndarray")
@@ -357,18 +390,20 @@ class _Recurrent:
 
     # ---- calls ---------------------------------------------------------------------------
 
-    def __call__(self, x, state=None, lengths=None):
+    def __call__(self, x: np.ndarray, state: StateArg = None,
+                 lengths: Optional[ArrayLike] = None) -> Tuple[np.ndarray, State]:
         """Inference: returns (y, h_n), or (y, (h_n, c_n)) for LSTM."""
         y, state, _ = self.forward(x, state, lengths=lengths, train=False)
         return y, state
 
-    def stream(self, state=None, lengths=None):
+    def stream(self, state: StateArg = None, lengths: Optional[ArrayLike] = None) -> "Stream":
         """A :class:`rnncore.Stream` feeding this model a sequence chunk by chunk (unidirectional only)."""
         from .cells import Stream
 
         return Stream(self, state, lengths)
 
-    def forward(self, x, state=None, lengths=None, train=False):
+    def forward(self, x: np.ndarray, state: StateArg = None, lengths: Optional[ArrayLike] = None,
+                train: bool = False) -> Tuple[np.ndarray, State, Optional[Tape]]:
         """Returns (y, state, tape); tape is None unless ``train`` (then dropout applies too)."""
         if not isinstance(train, (bool, np.bool_)):
             raise TypeError(f"train: expected a bool, got {_describe(train)}")
@@ -398,7 +433,8 @@ class _Recurrent:
         tape = Tape(self, etape, weights, masks, T, N, lengths is not None) if train else None
         return y, ((h_n, c_n) if self._has_c else h_n), tape
 
-    def backward(self, tape, dy=None, dh_n=None, dc_n=None):
+    def backward(self, tape: Tape, dy: Optional[np.ndarray] = None, dh_n: Optional[np.ndarray] = None,
+                 dc_n: Optional[np.ndarray] = None) -> Gradients:
         """Gradients of a training forward: a :class:`Gradients` dict with "x", "h0", ("c0",) and every
         parameter name; its ``parameters()`` are the parameter gradients alone.
 
@@ -411,7 +447,7 @@ class _Recurrent:
         for group, kept in zip(self._layout(), tape.weights):
             for (name, _), then in zip(group, kept):
                 now = self._params.get(name)
-                if getattr(now, "shape", None) != then.shape:
+                if then is not None and getattr(now, "shape", None) != then.shape:
                     raise ValueError(f"tape: parameter {name!r} changed shape since the forward that made this "
                                      f"tape: {then.shape} then, {_describe(now)} now")
         T, N, H = tape.T, tape.N, self.hidden_size
@@ -441,7 +477,7 @@ class _Recurrent:
     # ---- interoperability and files: thin delegates to _torch, _keras, _onnx and _io ------
 
     @classmethod
-    def from_torch(cls, module):
+    def from_torch(cls, module: Any) -> Any:
         """This model from a torch.nn.RNN/LSTM/GRU of the same kind: configuration, dtype and weights.
 
         A torch GRU becomes GRU(reset_after=True); torch's bias=False gives zero biases.
@@ -450,7 +486,8 @@ class _Recurrent:
         return _torch.from_torch(module, cls)
 
     @classmethod
-    def from_torch_state_dict(cls, state_dict, batch_first=False, dropout=0.0, **config):
+    def from_torch_state_dict(cls, state_dict: Mapping[str, Any], batch_first: bool = False, dropout: float = 0.0,
+                              **config: Any) -> Any:
         """This model from a torch RNN/LSTM/GRU state dict (tensors or arrays).
 
         input_size, hidden_size, num_layers, bidirectional and dtype come from the names and shapes;
@@ -459,7 +496,7 @@ class _Recurrent:
         from . import _torch
         return _torch.from_torch_state_dict(cls, state_dict, batch_first, dropout, **config)
 
-    def to_torch(self):
+    def to_torch(self) -> Any:
         """A torch.nn.RNN/LSTM/GRU (CPU) with this configuration, dtype and weights.
 
         Raises ValueError for GRU(reset_after=False), which PyTorch has no equivalent of.
@@ -467,14 +504,14 @@ class _Recurrent:
         from . import _torch
         return _torch.to_torch(self)
 
-    def to_keras(self):
+    def to_keras(self) -> Any:
         """A keras.Sequential computing ``self(x)[0]`` on (N, T, D) input, whatever batch_first says:
         per layer a keras SimpleRNN/LSTM/GRU (return_sequences=True), in Bidirectional when
         bidirectional, with Dropout(dropout) layers in between when dropout > 0."""
         from . import _keras
         return _keras.to_keras(self)
 
-    def to_onnx(self, path):
+    def to_onnx(self, path: Any) -> Any:
         """Write this model to ``path`` as an ONNX graph (opset 17), one RNN/LSTM/GRU operator per layer.
 
         Graph inputs, all required (T and N are dynamic):
@@ -488,12 +525,12 @@ class _Recurrent:
         from . import _onnx
         return _onnx.to_onnx(self, path)
 
-    def save(self, path):
+    def save(self, path: Any) -> None:
         """Write configuration and parameters to an .npz file (see ``rnncore.load``)."""
         from . import _io
         _io.save(self, path)
 
-    def load(self, path):
+    def load(self, path: Any) -> Any:
         """Read parameters saved by ``save`` into this model, which must have the same architecture and
         dtype; batch_first and dropout stay this model's. Returns self. Nothing changes on error."""
         from . import _io
@@ -501,12 +538,12 @@ class _Recurrent:
 
     # ---- argument checking ---------------------------------------------------------------
 
-    def _user_shape(self, time_major_shape):
+    def _user_shape(self, time_major_shape: Sequence[int]) -> Tuple[int, ...]:
         """A time-major shape as the user sees it."""
         s = tuple(time_major_shape)
         return (s[1], s[0]) + s[2:] if self.batch_first and len(s) >= 2 else s
 
-    def _check_array(self, a, name, ndim):
+    def _check_array(self, a: object, name: str, ndim: int) -> np.ndarray:
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got {_describe(a)}")
         if isinstance(a, np.ma.MaskedArray):
@@ -521,7 +558,7 @@ class _Recurrent:
             raise ValueError(f"{name}: expected {what}, got shape {a.shape}")
         return a
 
-    def _check_optional_state(self, a, name, shape):
+    def _check_optional_state(self, a: object, name: str, shape: Tuple[int, ...]) -> Optional[np.ndarray]:
         if a is None:
             return None
         a = self._check_array(a, name, 3)
@@ -529,7 +566,7 @@ class _Recurrent:
             raise ValueError(f"{name}: expected shape {shape} (num_layers * dirs, N, hidden_size), got {a.shape}")
         return _c_aligned(a)
 
-    def _check_state(self, state, N):
+    def _check_state(self, state: object, N: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         shape = (self.num_layers * self.dirs, N, self.hidden_size)
         if self._has_c:
             if state is None:
@@ -545,7 +582,7 @@ class _Recurrent:
         h0 = self._check_optional_state(state, "h0", shape)
         return (np.zeros(shape, self.dtype) if h0 is None else h0), None
 
-    def _check_call_sizes(self, T, N):
+    def _check_call_sizes(self, T: int, N: int) -> None:
         """ValueError, before anything is allocated, when the core's counts would overflow (as bindings.cpp checks)."""
         rows = (T + 1) * N
         wide = max(self.input_size, self.dirs * self.hidden_size, (self._gates + 1) * self.hidden_size)
@@ -557,7 +594,7 @@ class _Recurrent:
                              f"hidden_size={self.hidden_size}) are more bytes than 64 bits count")
 
     @staticmethod
-    def _check_lengths(lengths, T, N):
+    def _check_lengths(lengths: object, T: int, N: int) -> Optional[np.ndarray]:
         if lengths is None:
             return None
         try:
@@ -578,19 +615,19 @@ class _Recurrent:
         return _c_aligned(np.asarray(arr, dtype=np.int64))
 
 
-def _c_aligned(a):
+def _c_aligned(a: np.ndarray) -> np.ndarray:
     """a itself when the core can read it as it is (C-contiguous and aligned), else such a copy."""
     flags = a.flags
     return a if flags.c_contiguous and flags.aligned else np.array(a, order="C")
 
 
-def _short_repr(v, limit=80):
+def _short_repr(v: object, limit: int = 80) -> str:
     """repr(v), cut to about ``limit`` characters: messages stay short whatever the value."""
     r = repr(v)
     return r if len(r) <= limit else r[:limit - 15] + f"... ({len(r)} chars)"
 
 
-def _listed(names, limit=8):
+def _listed(names: Iterable[Any], limit: int = 8) -> str:
     """Sorted names as a list literal, at most ``limit`` of them, then how many more: bounded messages."""
     names = sorted(names)
     shown = ", ".join(_short_repr(n, 60) for n in names[:limit])
@@ -598,7 +635,7 @@ def _listed(names, limit=8):
     return f"[{shown}{more}]"
 
 
-def _positive_int(v, name):
+def _positive_int(v: object, name: str) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name}: expected a positive int, got {_describe(v)}")
     if v < 1:
@@ -611,21 +648,22 @@ class RNN(_Recurrent):
 
     _gates = 1
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bidirectional=False,
-                 batch_first=False, dropout=0.0, dtype=None, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bidirectional: bool = False, batch_first: bool = False, dropout: float = 0.0,
+                 dtype: Optional[DTypeLike] = None, seed: Seed = None) -> None:
         self._configure_extra(nonlinearity=nonlinearity)
         super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
 
-    def _configure_extra(self, nonlinearity="tanh"):
+    def _configure_extra(self, nonlinearity: object = "tanh") -> None:  # type: ignore[override]
         if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {_short_repr(nonlinearity)}")
         self.nonlinearity = nonlinearity
 
     @property
-    def cell(self):
+    def cell(self) -> str:  # type: ignore[override]
         return "rnn_" + self.nonlinearity
 
-    def _extra_repr(self):
+    def _extra_repr(self) -> str:
         return f", nonlinearity={self.nonlinearity!r}"
 
 
@@ -646,19 +684,20 @@ class GRU(_Recurrent):
 
     _gates = 3
 
-    def __init__(self, input_size, hidden_size, num_layers=1, reset_after=False, bidirectional=False,
-                 batch_first=False, dropout=0.0, dtype=None, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, reset_after: bool = False,
+                 bidirectional: bool = False, batch_first: bool = False, dropout: float = 0.0,
+                 dtype: Optional[DTypeLike] = None, seed: Seed = None) -> None:
         self._configure_extra(reset_after=reset_after)
         super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
 
-    def _configure_extra(self, reset_after=False):
+    def _configure_extra(self, reset_after: object = False) -> None:  # type: ignore[override]
         if not isinstance(reset_after, (bool, np.bool_)):
             raise TypeError(f"reset_after: expected a bool, got {_describe(reset_after)}")
         self.reset_after = bool(reset_after)
 
     @property
-    def cell(self):
+    def cell(self) -> str:  # type: ignore[override]
         return "gru_after" if self.reset_after else "gru"
 
-    def _extra_repr(self):
+    def _extra_repr(self) -> str:
         return f", reset_after={self.reset_after}"
