@@ -5,23 +5,31 @@ Shapes: x (N, input_size); h, c (N, hidden_size). Parameters: W_ih (G*H, D), W_h
 b (G*H,), b_hn (H,) for the reset_after GRU — the same arrays as the model's W_ih_l0, ...
 """
 
+from typing import Any, Dict, Optional, Tuple, Type, Union
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _core, models
+from .models import Gradients, Seed, State, StateArg, Tape
 
 _SHORT = ("W_ih", "W_hh", "b", "b_hn")
+# A cell's state in a call: h (N, hidden_size), or (h, c) for LSTMCell; None means zeros.
+CellStateArg = Union[None, np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
 
 class _Cell:
-    _model_class = None  # set by each cell
+    _model_class: Type[models._Recurrent]  # set by each cell
+    _model: models._Recurrent
 
-    def __init__(self, input_size, hidden_size, dtype=None, seed=None, **kw):
+    def __init__(self, input_size: int, hidden_size: int, dtype: Optional[DTypeLike] = None, seed: Seed = None,
+                 **kw: Any) -> None:
         self._model = self._model_class(input_size, hidden_size, dtype=dtype, seed=seed, **kw)
 
     # ---- sharing parameters with a one-layer model ---------------------------------------
 
     @classmethod
-    def from_model(cls, model):
+    def from_model(cls, model: models._Recurrent) -> Any:
         """The cell of a one-layer, unidirectional model; both share their parameter arrays."""
         if not isinstance(model, cls._model_class):
             raise TypeError(f"model: expected a {cls._model_class.__name__}, got {type(model).__name__}")
@@ -32,52 +40,52 @@ class _Cell:
         cell._model = model
         return cell
 
-    def to_model(self):
+    def to_model(self) -> models._Recurrent:
         """The one-layer model this cell steps (parameters shared, not copied)."""
         return self._model
 
-    def parameters(self):
+    def parameters(self) -> Dict[str, np.ndarray]:
         """name -> live ndarray (W_ih, W_hh, b and, for the reset_after GRU, b_hn)."""
         p = self._model.parameters()
         return {k: p[k + "_l0"] for k in _SHORT if k + "_l0" in p}
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.parameters().items()}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Any) -> None:
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict: expected a mapping of name -> array, got {type(state_dict).__name__}")
         self._model.load_state_dict({k + "_l0": v for k, v in state_dict.items()})
 
     @property
-    def input_size(self):
+    def input_size(self) -> int:
         return self._model.input_size
 
     @property
-    def hidden_size(self):
+    def hidden_size(self) -> int:
         return self._model.hidden_size
 
     @property
-    def dtype(self):
+    def dtype(self) -> "np.dtype[Any]":
         return self._model.dtype
 
     @property
-    def cell(self):
+    def cell(self) -> str:
         return self._model.cell
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}, dtype={self.dtype.name})"
 
     # ---- one step --------------------------------------------------------------------------
 
-    def _x(self, x):
+    def _x(self, x: object) -> np.ndarray:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x: expected a numpy.ndarray of dtype {self.dtype}, got {type(x).__name__}")
         if x.ndim != 2:
             raise ValueError(f"x: expected 2 dimensions (N, input_size), got shape {x.shape}")
         return x[None]
 
-    def _state(self, state, N):
+    def _state(self, state: object, N: int) -> Any:
         """User's (N, H) state(s) -> the model's (1, N, H) state(s), checked there."""
         m = self._model
         if m._has_c:
@@ -91,19 +99,19 @@ class _Cell:
             raise TypeError(f"state: expected the array h for {type(self).__name__}, got a {type(state).__name__}")
         return None if state is None else self._one(state, "h")
 
-    def _one(self, a, name):
+    def _one(self, a: object, name: str) -> np.ndarray:
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got {type(a).__name__}")
         if a.ndim != 2:
             raise ValueError(f"{name}: expected 2 dimensions (N, hidden_size), got shape {a.shape}")
         return a[None]
 
-    def __call__(self, x, state=None):
+    def __call__(self, x: np.ndarray, state: CellStateArg = None) -> State:
         """One inference step: returns h, or (h, c) for LSTMCell."""
         fast = self._fast_step(x, state)
         return fast if fast is not None else self.forward(x, state)[0]
 
-    def _fast_step(self, x, state):
+    def _fast_step(self, x: object, state: object) -> Optional[State]:
         """The latency path: arguments that need no conversion go straight to the core; anything
         else returns None and takes the checked path, which gives the usual errors."""
         m = self._model
@@ -111,6 +119,9 @@ class _Cell:
                 and x.flags.c_contiguous and x.flags.aligned):
             return None
         shape = (x.shape[0], m.hidden_size)
+        h: Any
+        c: Any
+        parts: Tuple[Any, ...]
         if m._has_c:
             if state is None:
                 h = c = np.zeros(shape, m.dtype)
@@ -129,9 +140,9 @@ class _Cell:
                 return None
         _, h_n, c_n, _ = _core.forward(models._CELL_CODES[m.cell], 1, 1, m._weights(), x[None], h[None],
                                        None if c is None else c[None], None, None, False)
-        return (h_n[0], c_n[0]) if m._has_c else h_n[0]
+        return (h_n[0], c_n[0]) if c_n is not None else h_n[0]
 
-    def forward(self, x, state=None, train=False):
+    def forward(self, x: np.ndarray, state: CellStateArg = None, train: bool = False) -> Tuple[State, Optional[Tape]]:
         """One step: returns (new state, tape); the tape is None unless ``train``."""
         x3 = self._x(x)
         _, st, tape = self._model.forward(x3, self._state(state, x.shape[0]), train=train)
@@ -139,7 +150,7 @@ class _Cell:
             return (st[0][0], st[1][0]), tape
         return st[0], tape
 
-    def backward(self, tape, dh=None, dc=None):
+    def backward(self, tape: Tape, dh: Optional[np.ndarray] = None, dc: Optional[np.ndarray] = None) -> Gradients:
         """Gradients of one training step, given dh (and dc) of the new state (None = zero).
 
         Returns a :class:`rnncore.Gradients` dict: "x" (N, D), "h" (and "c"), the gradient w.r.t. the
@@ -155,7 +166,7 @@ class _Cell:
         inputs = {"x": g["x"][0], "h": g["h0"][0]}
         if m._has_c:
             inputs["c"] = g["c0"][0]
-        return models.Gradients(inputs, {k: g[k + "_l0"] for k in _SHORT if k + "_l0" in g})
+        return Gradients(inputs, {k: g[k + "_l0"] for k in _SHORT if k + "_l0" in g})
 
 
 class RNNCell(_Cell):
@@ -163,7 +174,8 @@ class RNNCell(_Cell):
 
     _model_class = models.RNN
 
-    def __init__(self, input_size, hidden_size, nonlinearity="tanh", dtype=None, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh",
+                 dtype: Optional[DTypeLike] = None, seed: Seed = None) -> None:
         super().__init__(input_size, hidden_size, dtype=dtype, seed=seed, nonlinearity=nonlinearity)
 
 
@@ -178,7 +190,8 @@ class GRUCell(_Cell):
 
     _model_class = models.GRU
 
-    def __init__(self, input_size, hidden_size, reset_after=False, dtype=None, seed=None):
+    def __init__(self, input_size: int, hidden_size: int, reset_after: bool = False,
+                 dtype: Optional[DTypeLike] = None, seed: Seed = None) -> None:
         super().__init__(input_size, hidden_size, dtype=dtype, seed=seed, reset_after=reset_after)
 
 
@@ -192,16 +205,16 @@ class Stream:
     returns its gradient as "h0" (and "c0").
     """
 
-    def __init__(self, model, state=None, lengths=None):
+    def __init__(self, model: models._Recurrent, state: StateArg = None, lengths: Optional[ArrayLike] = None) -> None:
         if model.bidirectional:
             raise ValueError("model: a bidirectional model cannot stream: its reverse direction starts from "
                              "the end of each sequence, which a chunk does not have")
         self.model = model
-        self.state = state
+        self.state: StateArg = state
         self.lengths = None if lengths is None else _whole_lengths(lengths)
         self.t = 0  # steps consumed so far
 
-    def forward(self, x, train=False):
+    def forward(self, x: np.ndarray, train: bool = False) -> Tuple[np.ndarray, Optional[Tape]]:
         """The next chunk (T_chunk, N, D) (batch_first: (N, T_chunk, D)) -> (y, tape)."""
         m = self.model
         if not isinstance(x, np.ndarray) or x.ndim != 3:
@@ -214,15 +227,16 @@ class Stream:
         self.t += Tc
         return y, tape
 
-    def __call__(self, x):
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)[0]
 
-    def backward(self, tape, dy=None, dh_n=None, dc_n=None):
+    def backward(self, tape: Tape, dy: Optional[np.ndarray] = None, dh_n: Optional[np.ndarray] = None,
+                 dc_n: Optional[np.ndarray] = None) -> Gradients:
         """Gradients of a training chunk; "h0" (and "c0") are w.r.t. the state it started from."""
         return self.model.backward(tape, dy, dh_n, dc_n)
 
 
-def _whole_lengths(lengths):
+def _whole_lengths(lengths: ArrayLike) -> np.ndarray:
     arr = np.asarray(lengths)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")

@@ -360,7 +360,7 @@ def forward(cell, num_layers, bidirectional, weights, x, h0, c0=None, lengths=No
             y[:, :, d * H:(d + 1) * H] = y_d
             h_n[idx] = h_d
             if is_lstm:
-                c_n[idx] = c_d
+                c_n[idx] = c_d  # type: ignore[index]  # an array for the LSTM
             steps_here.append(steps)
         layer_inputs.append(xin)
         layer_steps.append(steps_here)
@@ -428,7 +428,7 @@ def backward(tape, dy=None, dh_n=None, dc_n=None):
             dx_layer += dx_d            # both directions read the same input
             dh0[idx] = dh_d
             if is_lstm:
-                dc0[idx] = dc_d
+                dc0[idx] = dc_d  # type: ignore[index]  # an array for the LSTM
             dweights[idx] = grads
         if layer > 0:
             # This layer's input was y_{layer-1} * mask: chain rule through the multiply.

@@ -44,8 +44,8 @@ class Config:
     preset: str = "default"
     cells: Tuple[str, ...] = CELLS
     modes: Tuple[str, ...] = MODES
-    shapes: List[tuple] = field(default_factory=lambda: list(DEFAULT_SHAPES))
-    varlen: List[tuple] = field(default_factory=lambda: [VARLEN_SHAPE])
+    shapes: List[Tuple[int, ...]] = field(default_factory=lambda: list(DEFAULT_SHAPES))
+    varlen: List[Tuple[int, ...]] = field(default_factory=lambda: [VARLEN_SHAPE])
     dtypes: Tuple[str, ...] = ("float32",)
     threads: Tuple[int, ...] = (os.cpu_count() or 1,)
     peers: Tuple[str, ...] = PEER_ORDER

@@ -5,6 +5,7 @@ import math
 import os
 import threading
 import time
+from typing import List
 
 import numpy as np
 
@@ -140,7 +141,7 @@ class Quiesce:
 
 
 class _NoPause:
-    waits = []
+    waits: List[float] = []
 
     def __call__(self):
         return 0.0
