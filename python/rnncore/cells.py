@@ -5,6 +5,8 @@ Shapes: x (N, input_size); h, c (N, hidden_size). Parameters: W_ih (G*H, D), W_h
 b (G*H,), b_hn (H,) for the reset_after GRU — the same arrays as the model's W_ih_l0, ...
 """
 
+from __future__ import annotations
+
 from typing import Any, Dict, Optional, Tuple, Type, Union
 
 import numpy as np
@@ -16,6 +18,19 @@ from .models import Gradients, Seed, State, StateArg, Tape
 _SHORT = ("W_ih", "W_hh", "b", "b_hn")
 # A cell's state in a call: h (N, hidden_size), or (h, c) for LSTMCell; None means zeros.
 CellStateArg = Union[None, np.ndarray, Tuple[np.ndarray, np.ndarray]]
+
+
+_CELL_ARGS = """
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        Features of the input ``x`` ``(N, input_size)`` and of the state ``(N, hidden_size)``.{extra}
+    dtype : numpy.float32 or numpy.float64, default float32
+        dtype of the parameters and of every array passed in (nothing is cast).
+    seed : int or None, default None
+        Seeds the initial parameters, drawn as a one-layer model's (``rnncore.{model}``);
+        None draws fresh ones.
+"""
 
 
 class _Cell:
@@ -80,7 +95,7 @@ class _Cell:
 
     def _x(self, x: object) -> np.ndarray:
         if not isinstance(x, np.ndarray):
-            raise TypeError(f"x: expected a numpy.ndarray of dtype {self.dtype}, got {type(x).__name__}")
+            raise models._not_an_array("x", x, self.dtype)
         if x.ndim != 2:
             raise ValueError(f"x: expected 2 dimensions (N, input_size), got shape {x.shape}")
         return x[None]
@@ -101,7 +116,7 @@ class _Cell:
 
     def _one(self, a: object, name: str) -> np.ndarray:
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got {type(a).__name__}")
+            raise models._not_an_array(name, a, self.dtype)
         if a.ndim != 2:
             raise ValueError(f"{name}: expected 2 dimensions (N, hidden_size), got shape {a.shape}")
         return a[None]
@@ -143,7 +158,8 @@ class _Cell:
         return (h_n[0], c_n[0]) if c_n is not None else h_n[0]
 
     def forward(self, x: np.ndarray, state: CellStateArg = None, train: bool = False) -> Tuple[State, Optional[Tape]]:
-        """One step: returns (new state, tape); the tape is None unless ``train``."""
+        """One step: x ``(N, input_size)`` and state ``h`` (or ``(h, c)``) ``(N, hidden_size)``, None
+        for zeros, all of the cell's dtype. Returns (new state, tape); the tape is None unless ``train``."""
         x3 = self._x(x)
         _, st, tape = self._model.forward(x3, self._state(state, x.shape[0]), train=train)
         if self._model._has_c:
@@ -170,7 +186,10 @@ class _Cell:
 
 
 class RNNCell(_Cell):
-    """One step of the simple RNN: h = f(x W_ih^T + h W_hh^T + b), f = tanh or relu."""
+    __doc__ = """One step of the simple RNN: ``h = f(x W_ih^T + h W_hh^T + b)``, ``f`` = tanh or relu.
+""" + _CELL_ARGS.format(model="RNN", extra="""
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+        The activation ``f``.""")
 
     _model_class = models.RNN
 
@@ -180,13 +199,17 @@ class RNNCell(_Cell):
 
 
 class LSTMCell(_Cell):
-    """One LSTM step; state (h, c)."""
+    __doc__ = """One LSTM step; the state is ``(h, c)``.
+""" + _CELL_ARGS.format(model="LSTM", extra="")
 
     _model_class = models.LSTM
 
 
 class GRUCell(_Cell):
-    """One GRU step, either form (``reset_after``); h = (1 - z) * h + z * n."""
+    __doc__ = """One GRU step, either form; ``h = (1 - z) * h + z * n``.
+""" + _CELL_ARGS.format(model="GRU", extra="""
+    reset_after : bool, default False
+        Where the reset gate applies (``rnncore.GRU`` explains both forms).""")
 
     _model_class = models.GRU
 

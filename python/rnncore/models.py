@@ -12,6 +12,8 @@ Parameters per layer k and direction ("" or "_reverse"), G gates (1 RNN, 4 LSTM,
 with D_0 = input_size and D_k = dirs * H above. Gate order: LSTM i, f, g, o; GRU r, z, n.
 """
 
+from __future__ import annotations
+
 import numbers
 from typing import TYPE_CHECKING
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, NoReturn, Optional, Sequence, Tuple, Union
@@ -58,6 +60,34 @@ def _describe(a: object) -> str:
     if isinstance(a, np.ndarray):
         return f"array of shape {a.shape} and dtype {a.dtype}"
     return f"{type(a).__name__}"
+
+
+def _is_torch_tensor(a: object) -> bool:
+    t = type(a)
+    return t.__module__.split(".")[0] == "torch" and hasattr(a, "detach")
+
+
+def _not_an_array(name: str, a: object, dtype: "np.dtype[Any]") -> TypeError:
+    """The TypeError for an argument that should be an ndarray, saying how to get one."""
+    got = f"{name}: expected a numpy.ndarray of dtype {dtype}, got {_describe(a)}"
+    if _is_torch_tensor(a):
+        return TypeError(f"{got} ({type(a).__module__}.{type(a).__name__}); pass {name}.detach().cpu().numpy(), "
+                         f"or use the rnncore.torch modules, which take tensors")
+    if isinstance(a, (list, tuple)):
+        return TypeError(f"{got}: lists and tuples are not accepted (nothing is converted implicitly); pass "
+                         f"np.asarray({name}, dtype=np.{dtype})")
+    return TypeError(got)
+
+
+def _wrong_dtype(name: str, a: np.ndarray, dtype: "np.dtype[Any]", owner: str = "model") -> TypeError:
+    """The TypeError for an array of another dtype than the model's, saying how to fix the call."""
+    if a.dtype.newbyteorder("=") == dtype:
+        return TypeError(f"{name}: expected dtype {dtype} (the {owner}'s dtype), got {a.dtype} (non-native byte "
+                         f"order); pass {name}.astype(np.{dtype})")
+    fix = f"convert it with {name}.astype(np.{dtype})"
+    if a.dtype in _DTYPES:
+        fix += f", or build the {owner} with dtype=np.{a.dtype} to compute in {a.dtype}"
+    return TypeError(f"{name}: expected dtype {dtype} (the {owner}'s dtype), got {a.dtype}; {fix}")
 
 
 class Tape:
@@ -160,6 +190,45 @@ class _Parameters(Dict[str, np.ndarray]):
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return (_Parameters, (sorted(self._names), self._owner, dict(self)))
+
+
+_ARGS_DOC = """
+    Parameters
+    ----------
+    input_size : int
+        Features of each input step, ``D``.
+    hidden_size : int
+        Features of the hidden state, ``H``.
+    num_layers : int, default 1
+        Stacked layers; layer ``k > 0`` reads the outputs of layer ``k - 1``.{extra}
+    bidirectional : bool, default False
+        Also run every layer backwards in time; outputs and states then hold both directions
+        (``dirs = 2``), the forward one first.
+    batch_first : bool, default False
+        ``x``, ``y``, ``dy`` and ``grads["x"]`` are ``(N, T, features)`` instead of ``(T, N, features)``;
+        states keep their shape.
+    dropout : float, default 0.0
+        Probability in ``[0, 1)``. In training only (``forward(..., train=True)``), the outputs of
+        every layer but the last are multiplied by a mask of zeros and ``1 / (1 - dropout)``,
+        drawn from the model's own generator.
+    dtype : numpy.float32 or numpy.float64, default float32
+        The dtype of the parameters and of every array the model takes: nothing is cast, an array
+        of another dtype is refused with a message saying how to convert it.
+    seed : int or None, default None
+        Seeds ``numpy.random.default_rng``, which draws the initial parameters and then the dropout
+        masks. ``None`` draws fresh entropy from the operating system: two models built with
+        ``seed=None`` have different weights. Pass an int for weights that are the same on every run.
+
+    Notes
+    -----
+    Initialisation: every parameter, in the order of ``parameters()``, is drawn uniformly from
+    ``[-1/sqrt(hidden_size), 1/sqrt(hidden_size)]``, biases included (the rule PyTorch uses).
+
+    Parameters, per layer ``k`` and direction (suffix ``_reverse`` for the reverse one), with
+    ``G`` gates ({gates}), ``D_0 = input_size`` and ``D_k = dirs * H`` above:
+    ``W_ih_l{{k}}`` ``(G*H, D_k)``, ``W_hh_l{{k}}`` ``(G*H, H)``, ``b_l{{k}}`` ``(G*H,)``{b_hn}.
+    One bias per gate: PyTorch's two (``b_ih`` and ``b_hh``) add up to it (``num_parameters``).
+"""
 
 
 class _Recurrent:
@@ -310,6 +379,15 @@ class _Recurrent:
         return self._params
 
     def num_parameters(self) -> int:
+        """The number of parameter values (sum of the sizes of ``parameters()``).
+
+        rnncore keeps one bias vector per layer and direction where PyTorch keeps two (``b_ih`` and
+        ``b_hh``, which only ever appear summed), so PyTorch counts ``G * hidden_size`` more per layer
+        and direction (``G`` = 1 RNN, 4 LSTM, 3 GRU): ``LSTM(16, 32, num_layers=2)`` has 14,592
+        parameters here and 14,848 in ``torch.nn.LSTM(16, 32, num_layers=2)``, computing the same
+        function. A reset_after GRU keeps ``b_hn`` (the hidden side's ``n`` bias, which ``r`` multiplies)
+        apart, so there PyTorch counts ``2 * hidden_size`` more.
+        """
         return sum(int(np.prod(s)) for _, s in self._param_shapes())
 
     def state_dict(self) -> Dict[str, np.ndarray]:
@@ -392,7 +470,27 @@ class _Recurrent:
 
     def __call__(self, x: np.ndarray, state: StateArg = None,
                  lengths: Optional[ArrayLike] = None) -> Tuple[np.ndarray, State]:
-        """Inference: returns (y, h_n), or (y, (h_n, c_n)) for LSTM."""
+        """Inference over whole sequences: ``forward(x, state, lengths)`` without the tape.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            ``(T, N, input_size)`` (``(N, T, input_size)`` with ``batch_first``), of the model's dtype.
+        state : numpy.ndarray, tuple of two, or None
+            ``h0`` of shape ``(num_layers * dirs, N, hidden_size)``; for LSTM the tuple ``(h0, c0)``
+            (either may be None). None: zeros.
+        lengths : array of N integers, or None
+            Each row's length in ``[0, T]``; steps past it are padding (see ``forward``).
+
+        Returns
+        -------
+        y : numpy.ndarray
+            ``(T, N, dirs * hidden_size)`` (``batch_first``: ``(N, T, ...)``), the last layer's outputs,
+            the forward direction's half first; zeros at padding.
+        state : numpy.ndarray or tuple
+            ``h_n``, or ``(h_n, c_n)`` for LSTM, each ``(num_layers * dirs, N, hidden_size)``:
+            each row's state after its last valid step. Same dtype as the model.
+        """
         y, state, _ = self.forward(x, state, lengths=lengths, train=False)
         return y, state
 
@@ -404,7 +502,35 @@ class _Recurrent:
 
     def forward(self, x: np.ndarray, state: StateArg = None, lengths: Optional[ArrayLike] = None,
                 train: bool = False) -> Tuple[np.ndarray, State, Optional[Tape]]:
-        """Returns (y, state, tape); tape is None unless ``train`` (then dropout applies too)."""
+        """The network over whole sequences; with ``train=True`` also the tape for ``backward``.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            ``(T, N, input_size)``, or ``(N, T, input_size)`` with ``batch_first``; the model's dtype
+            (float32 by default). Any strides; non-contiguous arrays are copied.
+        state : numpy.ndarray, tuple of two, or None
+            ``h0`` ``(num_layers * dirs, N, hidden_size)``, layer-major, direction-minor; for LSTM
+            the tuple ``(h0, c0)``, either of which may be None. None: zeros.
+        lengths : array of N integers, or None
+            Each row's length in ``[0, T]``, any order. Steps at or past a row's length are
+            padding: they influence nothing and their outputs are zero; the reverse direction reads
+            each row backwards from its own last valid step. A row of length 0 keeps its state.
+        train : bool, default False
+            Keep what ``backward`` needs and apply dropout.
+
+        Returns
+        -------
+        y : numpy.ndarray
+            ``(T, N, dirs * hidden_size)`` (``batch_first``: ``(N, T, dirs * hidden_size)``).
+        state : numpy.ndarray or tuple
+            ``h_n`` (RNN, GRU) or ``(h_n, c_n)`` (LSTM), each ``(num_layers * dirs, N, hidden_size)``.
+        tape : Tape or None
+            None unless ``train``. Pass it to this model's ``backward`` once.
+
+        All arrays returned have the model's dtype. Bad arguments raise ValueError or TypeError
+        naming the argument; nothing is cast.
+        """
         if not isinstance(train, (bool, np.bool_)):
             raise TypeError(f"train: expected a bool, got {_describe(train)}")
         x = self._check_array(x, "x", 3)
@@ -435,10 +561,26 @@ class _Recurrent:
 
     def backward(self, tape: Tape, dy: Optional[np.ndarray] = None, dh_n: Optional[np.ndarray] = None,
                  dc_n: Optional[np.ndarray] = None) -> Gradients:
-        """Gradients of a training forward: a :class:`Gradients` dict with "x", "h0", ("c0",) and every
-        parameter name; its ``parameters()`` are the parameter gradients alone.
+        """Backpropagation through time of a training forward.
 
-        dy has y's shape, dh_n (and dc_n) the final state's; any may be None (zero).
+        Parameters
+        ----------
+        tape : Tape
+            From ``forward(..., train=True)`` of this model; the parameters may have changed values
+            since (the tape keeps the ones it used) but not shapes.
+        dy : numpy.ndarray or None
+            Gradient of the loss with respect to ``y``: ``y``'s shape and the model's dtype. None: zero.
+        dh_n, dc_n : numpy.ndarray or None
+            Gradients with respect to the final states, ``(num_layers * dirs, N, hidden_size)``;
+            ``dc_n`` for LSTM only. None: zero.
+
+        Returns
+        -------
+        Gradients
+            A dict: ``"x"`` like ``x`` (``batch_first`` respected), ``"h0"`` (and ``"c0"``) like the
+            states, and one entry per parameter name with that parameter's shape; all in the model's
+            dtype. ``grads.parameters()`` holds the parameter gradients alone, ``grads.inputs()``
+            the others.
         """
         if not isinstance(tape, Tape):
             raise TypeError(f"tape: expected the tape returned by forward(..., train=True), got {_describe(tape)}")
@@ -545,13 +687,12 @@ class _Recurrent:
 
     def _check_array(self, a: object, name: str, ndim: int) -> np.ndarray:
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got {_describe(a)}")
+            raise _not_an_array(name, a, self.dtype)
         if isinstance(a, np.ma.MaskedArray):
             raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
                             f"{name}.filled(0), and lengths for padding")
         if a.dtype != self.dtype:
-            order = " (non-native byte order)" if a.dtype.newbyteorder("=") == self.dtype else ""
-            raise TypeError(f"{name}: expected dtype {self.dtype} (the model's dtype), got {a.dtype}{order}")
+            raise _wrong_dtype(name, a, self.dtype)
         if a.ndim != ndim:
             layout = "(N, T, input_size)" if self.batch_first else "(T, N, input_size)"
             what = f"{ndim} dimensions" + (f" {layout}" if name == "x" else "")
@@ -644,7 +785,11 @@ def _positive_int(v: object, name: str) -> int:
 
 
 class RNN(_Recurrent):
-    """Simple RNN, h_t = f(x_t W_ih^T + h_{t-1} W_hh^T + b), f = tanh or relu (``nonlinearity``)."""
+    __doc__ = """Simple (Elman) RNN over whole sequences: ``h_t = f(x_t W_ih^T + h_{t-1} W_hh^T + b)``,
+    ``f`` = tanh or relu. Forward with ``model(x)`` or ``model.forward``, gradients with ``backward``.
+""" + _ARGS_DOC.format(extra="""
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+        The activation ``f``.""", gates="1", b_hn="")
 
     _gates = 1
 
@@ -668,7 +813,10 @@ class RNN(_Recurrent):
 
 
 class LSTM(_Recurrent):
-    """LSTM, gates i, f, g, o: c_t = f * c_{t-1} + i * g, h_t = o * tanh(c_t). State is (h, c)."""
+    __doc__ = """Long short-term memory over whole sequences. Gates ``i, f, g, o``:
+    ``c_t = f * c_{t-1} + i * g``, ``h_t = o * tanh(c_t)``; the state is the tuple ``(h, c)``.
+    Forward with ``model(x)`` or ``model.forward``, gradients with ``backward``.
+""" + _ARGS_DOC.format(extra="", gates="4, in the order i, f, g, o", b_hn="")
 
     _gates = 4
     _has_c = True
@@ -676,11 +824,15 @@ class LSTM(_Recurrent):
 
 
 class GRU(_Recurrent):
-    """GRU, gates r, z, n; h_t = (1 - z) * h_{t-1} + z * n.
-
-    reset_after=False (default, the notes' form): n = tanh(x W_in^T + (r * h) W_hn^T + b_n).
-    reset_after=True (cuDNN/PyTorch form): n = tanh(x W_in^T + b_n + r * (h W_hn^T + b_hn)).
-    """
+    __doc__ = """Gated recurrent unit over whole sequences. Gates ``r, z, n``;
+    ``h_t = (1 - z) * h_{t-1} + z * n``. Forward with ``model(x)`` or ``model.forward``, gradients
+    with ``backward``.
+""" + _ARGS_DOC.format(extra="""
+    reset_after : bool, default False
+        False (the notes' form): ``n = tanh(x W_in^T + (r * h) W_hn^T + b_n)``. True (the
+        cuDNN/PyTorch form): ``n = tanh(x W_in^T + b_n + r * (h W_hn^T + b_hn))``, with a
+        separate ``b_hn``; only this form converts to PyTorch.""", gates="3, in the order r, z, n",
+                       b_hn=",\n    and ``b_hn_l{k}`` ``(H,)`` when ``reset_after``")
 
     _gates = 3
 

@@ -17,6 +17,8 @@ Nothing is cast: arrays must have the dtype of the layer or parameter they meet,
 arrays are refused (their mask would be ignored).
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -122,9 +124,9 @@ class Linear:
     def _check(self, a: object, name: str) -> np.ndarray:
         _not_masked(a, name)
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got {_describe(a)}")
+            raise models._not_an_array(name, a, self.dtype)
         if a.dtype != self.dtype:
-            raise TypeError(f"{name}: expected dtype {self.dtype} (the layer's dtype), got {a.dtype}")
+            raise models._wrong_dtype(name, a, self.dtype, "layer")
         return a
 
     def _weights(self) -> List[np.ndarray]:
