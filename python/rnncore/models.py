@@ -1,14 +1,17 @@
 """The recurrent models users call: RNN, LSTM and GRU over the C++ core.
 
-Shapes (time-major; with ``batch_first=True`` the first two axes of x and y swap):
+Shapes (time-major; with ``batch_first=True`` the first two axes of x and y swap)::
+
     x      (T, N, input_size)
     y      (T, N, dirs * hidden_size)       dirs = 2 if bidirectional else 1
     h0/h_n (num_layers * dirs, N, hidden_size), layer-major, direction-minor; c0/c_n likewise
     lengths (N,) integers in [0, T]: steps at or past a row's length are padding; a row of length 0
             passes its state through unchanged (what streaming an ended row needs)
 
-Parameters per layer k and direction ("" or "_reverse"), G gates (1 RNN, 4 LSTM, 3 GRU):
+Parameters per layer k and direction ("" or "_reverse"), G gates (1 RNN, 4 LSTM, 3 GRU)::
+
     W_ih_l{k}  (G*H, D_k)    W_hh_l{k}  (G*H, H)    b_l{k}  (G*H,)    b_hn_l{k}  (H,) GRU reset_after
+
 with D_0 = input_size and D_k = dirs * H above. Gate order: LSTM i, f, g, o; GRU r, z, n.
 """
 
@@ -656,11 +659,13 @@ class _Recurrent:
     def to_onnx(self, path: Any) -> Any:
         """Write this model to ``path`` as an ONNX graph (opset 17), one RNN/LSTM/GRU operator per layer.
 
-        Graph inputs, all required (T and N are dynamic):
+        Graph inputs, all required (T and N are dynamic)::
+
             x        (T, N, input_size), or (N, T, input_size) if batch_first; this model's dtype
             h0       (num_layers * dirs, N, hidden_size); zeros for no initial state
             c0       like h0; LSTM only
             lengths  (N,) int64 in [1, T]; T for every row when the sequences are full
+
         Graph outputs: y, h_n and (LSTM) c_n, as from ``self(x, state, lengths)``. Dropout is not
         exported (inference). ONNX Runtime runs these operators in float32 only. Returns ``path``.
         """

@@ -4,13 +4,15 @@ Everything here follows the equations in README.md ("The math") literally, one t
 next to the equations. It is deliberately slow (a Python loop over time, layers and
 directions); only the batch is vectorised inside a step.
 
-Conventions (row-major, batch in rows):
+Conventions (row-major, batch in rows)::
+
     x_t      (N, D)      one time step of the input
     h_t, c_t (N, H)      hidden / cell state
     W_ih     (G*H, D)    input weights, gates stacked (LSTM i,f,g,o; GRU r,z,n)
     W_hh     (G*H, H)    recurrent weights, same gate order
     b        (G*H,)      one bias per gate
     b_hn     (H,)        only for "gru_after" (reset_after=True)
+
 "W x" in the notes is ``x @ W.T`` here.
 
 Cells: "rnn_tanh", "rnn_relu", "lstm", "gru" (reset applied to h before the recurrent

@@ -223,10 +223,12 @@ class Adam:
     then takes one gradient dict per group, in the same order, and reads from each exactly its
     group's parameter names (a model's "x", "h0", "c0" are never read).
 
-    For each parameter p with gradient g, at step t = 1, 2, ...:
+    For each parameter p with gradient g, at step t = 1, 2, ...::
+
         g <- g + weight_decay * p                 (L2 penalty, as torch.optim.Adam; not AdamW)
         m <- beta1 * m + (1 - beta1) * g          v <- beta2 * v + (1 - beta2) * g^2
         p <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
     m and v start at zero and have each parameter's shape and dtype; ``m`` and ``v`` are dicts
     name -> array (with several groups, a list of such dicts, one per group).
     """
