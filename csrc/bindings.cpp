@@ -18,6 +18,7 @@
 #include "dispatch.h"
 #include "driver.h"
 #include "microbench.h"
+#include "platform.h"
 #include "team.h"
 
 namespace py = pybind11;
@@ -331,7 +332,16 @@ PYBIND11_MODULE(_core, m) {
         throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
       },
       py::arg("cell"), py::arg("layers"), py::arg("dirs"), py::arg("weights"), py::arg("x"), py::arg("h0"),
-      py::arg("c0"), py::arg("lengths"), py::arg("masks"), py::arg("train"), py::arg("hidden_size") = 0);
+      py::arg("c0"), py::arg("lengths"), py::arg("masks"), py::arg("train"), py::arg("hidden_size") = 0,
+      "forward(cell, layers, dirs, weights, x, h0, c0, lengths, masks, train, hidden_size=0) -> (y, h_n, c_n, tape)\n\n"
+      "The whole network over the sequence. cell: a code of cell_info(); weights: per layer and direction, "
+      "the cell's parameters in its order (cell_info()[name]['params'], then W_hr when projecting), more "
+      "entries only None; x (T, N, D), h0 (layers * dirs, N, R) and c0 (layers * dirs, N, H) of one dtype, "
+      "float32 or float64, C-contiguous; hidden_size H (0: R, no projection; else h0's R < H is the "
+      "projection's size); lengths (N,) int64 or None; masks (layers - 1, T, N, dirs * R) dropout masks or "
+      "None. Returns y (T, N, dirs * R), h_n, c_n (None but for the LSTM cells) and a Tape when train is "
+      "true (else None). Arguments are checked only as far as memory safety needs: rnncore.models checks "
+      "them for users.");
 
   m.def(
       "backward",
@@ -341,7 +351,11 @@ PYBIND11_MODULE(_core, m) {
         if (t.d) return backward_t<double>(*t.d, weights, masks, dy, dh_n, dc_n);
         throw py::value_error("tape: empty");
       },
-      py::arg("tape"), py::arg("weights"), py::arg("masks"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"));
+      py::arg("tape"), py::arg("weights"), py::arg("masks"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+      "backward(tape, weights, masks, dy, dh_n, dc_n) -> (dx, dh0, dc0, grads)\n\n"
+      "Backpropagation through time of the forward that made tape, with the same weights and masks. "
+      "dy (T, N, dirs * H), dh_n and dc_n (layers * dirs, N, H) may each be None (zero). Returns dx, "
+      "dh0, dc0 (None but for the LSTM) and per layer and direction (dW_ih, dW_hh, db, db_hn or None).");
 
   m.def(
       "cell_info",
@@ -387,8 +401,10 @@ PYBIND11_MODULE(_core, m) {
   set_team_size(blas_get_num_threads());
   blas_set_num_threads(1);
   g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<int64_t>();
-  m.def("set_num_threads", &set_team_size, py::arg("n"));
-  m.def("get_num_threads", &team_size);
+  m.def("set_num_threads", &set_team_size, py::arg("n"),
+        "Threads of rnncore's team for the calls from now on (1 to MAX_THREADS; unchecked here: "
+        "rnncore.set_num_threads checks it).");
+  m.def("get_num_threads", &team_size, "Threads of rnncore's team.");
   m.attr("MAX_THREADS") = kMaxThreads;
   m.def("packed_bytes_of_last_call", &packed_bytes_of_last_call,
         "bytes of the packed weights (W_hh slices, W_ih) the calling thread's last forward or backward held");
@@ -408,13 +424,13 @@ PYBIND11_MODULE(_core, m) {
     d["moves"] = t.moves;
     d["workers"] = t.workers;
     return d;
-  });
-  m.def("blas_corename", &blas_corename);
-  m.def("blas_config", &blas_config);
+  }, "Counters of the team since the process started (rnncore.team_stats explains them).");
+  m.def("blas_corename", &blas_corename, "OpenBLAS's kernel family on this CPU (openblas_get_corename).");
+  m.def("blas_config", &blas_config, "OpenBLAS's build configuration string (openblas_get_config).");
   m.def("kernel_isa", &kernel_isa, "instruction-set build of the pointwise kernels in use");
 }
 
 // For threadpoolctl (rnncore/_threadpool.py): the team's size, read and set through the library
 // file like any native thread pool.
-extern "C" __attribute__((visibility("default"))) int rnncore_get_num_threads() { return team_size(); }
-extern "C" __attribute__((visibility("default"))) void rnncore_set_num_threads(int n) { set_team_size(n); }
+extern "C" RNNCORE_EXPORT int rnncore_get_num_threads() { return team_size(); }
+extern "C" RNNCORE_EXPORT void rnncore_set_num_threads(int n) { set_team_size(n); }

@@ -7,7 +7,8 @@
 #include <system_error>
 #include <cstdlib>
 
-#if defined(__x86_64__) || defined(__i386__)
+#include "platform.h"
+#if RNNCORE_X86
 #include <xmmintrin.h>
 #endif
 
@@ -21,7 +22,7 @@ namespace rnncore {
 // slower, measured), so the time loops compute with flush-to-zero and denormals-are-zero, on the
 // calling thread and (taking its mode) on the team's, and give the caller's control word back.
 class FlushSubnormals {
-#if defined(__x86_64__) || defined(__i386__)
+#if RNNCORE_X86
   static constexpr unsigned kFtzDaz = 0x8040;  // MXCSR bits FTZ (15) and DAZ (6)
   unsigned saved_ = _mm_getcsr();
 

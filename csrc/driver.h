@@ -17,6 +17,7 @@
 #include <new>
 #include <vector>
 
+#include "platform.h"
 #include "step.h"
 
 namespace rnncore {
@@ -29,7 +30,7 @@ class Buffer {
   explicit Buffer(int64_t n) : n_(n) {
     if (n > 0) {
       const size_t bytes = ((size_t(n) * sizeof(T) + 63) / 64) * 64;
-      p_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+      p_.reset(static_cast<T*>(aligned_malloc(64, bytes)));
       if (!p_) throw std::bad_alloc();
     }
   }
@@ -38,7 +39,7 @@ class Buffer {
 
  private:
   struct Free {
-    void operator()(T* p) const { std::free(p); }
+    void operator()(T* p) const { aligned_free(p); }
   };
   std::unique_ptr<T, Free> p_;
   int64_t n_ = 0;

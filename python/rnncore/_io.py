@@ -42,7 +42,7 @@ MAX_HEADER_CHARS = 16384         # characters of the __rnncore__ JSON string
 MAX_NPY_HEADER_BYTES = 10000     # bytes of an entry's .npy header (NumPy's own default limit)
 MAX_SIZE = 2**31 - 1             # input_size and hidden_size (the core's BLAS counts are 32-bit)
 _CHUNK = 1 << 20
-_TYPES = {"RNN": models.RNN, "LSTM": models.LSTM, "GRU": models.GRU}
+_TYPES: "dict[str, type[models._Recurrent]]" = {"RNN": models.RNN, "LSTM": models.LSTM, "GRU": models.GRU}
 _CONFIG_KEYS = {"input_size", "hidden_size", "num_layers", "bidirectional", "batch_first", "dropout", "dtype"}
 _EXTRA_KEYS = {"RNN": {"nonlinearity"}, "LSTM": set(), "GRU": {"reset_after"}}
 _OPTIONAL_KEYS = {"RNN": set(), "LSTM": {"proj_size", "peephole", "layer_norm"}, "GRU": set()}  # variants
@@ -77,14 +77,14 @@ def save(model, path):
     for k, _ in model._param_shapes():      # the model's own parameters, whatever else its dict holds
         entries[k] = np.ascontiguousarray(params[k])
     if hasattr(path, "write"):
-        np.savez(path, **entries)
+        np.savez(path, **entries)  # type: ignore[arg-type]  # NumPy's stub types **kwds as allow_pickle
         return
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".rnncore-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **entries)
+            np.savez(f, **entries)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -139,7 +139,7 @@ def _read_data(f, info, nbytes, shown, key):
     entry's array grows only as its data really decompresses."""
     if info.compress_type == zipfile.ZIP_STORED:
         out = np.empty(nbytes, np.uint8)
-        view, got = memoryview(out), 0
+        view, got = memoryview(out), 0  # type: ignore[arg-type]  # an ndarray is a buffer
         while got < nbytes:
             c = f.read(min(nbytes - got, _CHUNK))
             if not c:

@@ -4,7 +4,8 @@ Everything here follows the equations in README.md ("The math") literally, one t
 next to the equations. It is deliberately slow (a Python loop over time, layers and
 directions); only the batch is vectorised inside a step.
 
-Conventions (row-major, batch in rows):
+Conventions (row-major, batch in rows)::
+
     x_t      (N, D)      one time step of the input
     h_t      (N, R)      hidden state: R = H, or the projection's P (LSTM with proj_size)
     c_t      (N, H)      cell state (the LSTM cells)
@@ -14,6 +15,7 @@ Conventions (row-major, batch in rows):
     then the cell's own parameters, in the order the core lists them (param_list): b_hn (H,)
     for "gru_after" (reset_after=True); P (3, H) for "lstm_peephole"; the LayerNorm gains and
     shifts for "lstm_ln"; W_hr (R, H) last when the layers project.
+
 "W x" in the notes is ``x @ W.T`` here.
 
 Cells (STEPS): "rnn_tanh", "rnn_relu", "lstm", "lstm_peephole", "lstm_ln", "gru" (reset
@@ -476,7 +478,7 @@ def forward(cell, num_layers, bidirectional, weights, x, h0, c0=None, lengths=No
             y[:, :, d * R:(d + 1) * R] = y_d
             h_n[idx] = h_d
             if has_c:
-                c_n[idx] = c_d
+                c_n[idx] = c_d  # type: ignore[index]  # an array for the LSTM cells
             steps_here.append(steps)
         layer_inputs.append(xin)
         layer_steps.append(steps_here)
@@ -546,7 +548,7 @@ def backward(tape, dy=None, dh_n=None, dc_n=None):
             dx_layer += dx_d            # both directions read the same input
             dh0[idx] = dh_d
             if has_c:
-                dc0[idx] = dc_d
+                dc0[idx] = dc_d  # type: ignore[index]  # an array for the LSTM cells
             dweights[idx] = tuple(grads[name] for name in w) + (None,) * (given - len(w))
         if layer > 0:
             # This layer's input was y_{layer-1} * mask: chain rule through the multiply.
