@@ -175,14 +175,14 @@ def test_from_onnx_rejects_graphs_it_cannot_represent(tmp_path):
     base = _onnx.build_onnx(model("lstm", 2, True))
 
     extra = add_node(base, helper.make_node("Relu", ["y"], ["y_relu"]))
-    with pytest.raises(ValueError, match="unsupported graph: operators \\['Relu'\\]"):
+    with pytest.raises(ValueError, match="node .Relu#13. \\(Relu\\) computes at run time"):
         rnncore.from_onnx(extra)
 
     rev = onnx.ModelProto.FromString(base.SerializeToString())
     for a in recurrent_node(rev).attribute:
         if a.name == "direction":
             a.s = b"reverse"
-    with pytest.raises(ValueError, match="direction 'reverse'"):
+    with pytest.raises(ValueError, match="LSTM_l0.*direction='reverse'"):
         rnncore.from_onnx(rev)
 
     clipped = onnx.ModelProto.FromString(base.SerializeToString())
@@ -193,7 +193,7 @@ def test_from_onnx_rejects_graphs_it_cannot_represent(tmp_path):
     # layer 1 fed by something other than layer 0's output
     rewired = onnx.ModelProto.FromString(base.SerializeToString())
     [n for n in rewired.graph.node if n.op_type == "LSTM"][1].input[0] = "x"
-    with pytest.raises(ValueError, match="not the previous layer's output"):
+    with pytest.raises(ValueError, match="2 recurrent nodes read a graph input"):
         rnncore.from_onnx(rewired)
 
     # ONNX's (T, dirs, N, H) reshaped without the transpose would interleave batch rows and directions
