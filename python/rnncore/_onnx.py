@@ -1078,7 +1078,9 @@ def _graph_import(proto, ctx, for_model):
         if inner:
             raise _err(f"the graph's recurrent nodes are inside subgraphs "
                        f"{models._listed([s.qualified(n) for s, n in inner])}; {_NODE_HINT}")
-        raise _err("unsupported graph: no RNN, LSTM or GRU operator")
+        raise _err("unsupported graph: no RNN, LSTM or GRU operator (a graph whose exporter unrolled the "
+                   "recurrence into per-step MatMul/Tanh nodes, as torch's dynamo exporter does for torch.nn.RNN, "
+                   "has no recurrent node to read)")
     for node in g.node:
         if node.op_type in _RECURRENT or node.op_type in _MOVE or node.op_type == "Constant":
             continue
