@@ -570,3 +570,68 @@ def test_onnx_errors_are_value_errors():
         rnncore.from_onnx(3.5)
     with pytest.raises(TypeError, match="node: expected a node name"):
         rnncore.from_onnx(proto, node=3)
+
+
+def test_cycles_and_deep_chains_are_refused_not_hung():
+    proto = chain("RNN", 1, 2, "squeeze")
+    for n in proto.graph.node:                                # layer 1 reads a loop of Identity nodes
+        if n.op_type == "RNN" and n.name == "RNN_1":
+            n.input[0] = "loop_a"
+    proto.graph.node.extend([helper.make_node("Identity", ["loop_b"], ["loop_a"]),
+                             helper.make_node("Identity", ["loop_a"], ["loop_b"])])
+    with pytest.raises(ValueError, match="cycle"):
+        rnncore.from_onnx(proto)
+    nodes = [helper.make_node("Identity", [f"w{i}"], [f"w{i + 1}"]) for i in range(400)]
+    nodes.append(helper.make_node("RNN", ["X", "w400", "R"], ["Y"], name="deep", hidden_size=H))
+    ws = weights("RNN", 1, D, np.float32, 0, bias=False)
+    ws[0].name = "w0"
+    deep = model_of(nodes, [vi("X")], [vi("Y")], ws)
+    with pytest.raises(ValueError, match="nests deeper than 256"):
+        rnncore.from_onnx(deep)
+    assert "nests deeper" in rox.find_recurrent(deep)[0].problem
+
+
+def test_problem_is_what_from_onnx_node_says():
+    proto, _ = stateful("GRU", 1, h="const", lengths=None)
+    f = rox.find_recurrent(proto)[0]
+    with pytest.raises(ValueError) as e:
+        rnncore.from_onnx(proto, node=f.path)
+    assert f.problem == str(e.value) and "initial_h" in f.problem
+    assert rox.import_graph(proto, node="rec").state == [{"initial_h": ("const", pytest.approx(
+        numpy_helper.to_array(proto.graph.initializer[-1])))}]
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_layout_1_runtime_states_reference(op):
+    """Batch-major initial states (N, dirs, H) as graph inputs, float64, against onnx.reference."""
+    dirs = 2
+    names = ["X", "W", "R", "B", "", "h0"] + (["c0"] if op == "LSTM" else [])
+    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, names, outs, name="bm", hidden_size=H, direction="bidirectional", layout=1)
+    inputs = [vi("X", np.float64), vi("h0", np.float64)] + ([vi("c0", np.float64)] if op == "LSTM" else [])
+    proto = model_of([node], inputs, [vi(o, np.float64) for o in outs], weights(op, dirs, D, np.float64, 5),
+                     opset=14)
+    feeds = {"X": x_of((N, T, D), np.float64), "h0": x_of((N, dirs, H), np.float64, seed=8)}
+    if op == "LSTM":
+        feeds["c0"] = x_of((N, dirs, H), np.float64, seed=9)
+    check(rox.import_graph(proto).run(None, feeds), run_ref(proto, feeds), np.float64, op)
+
+
+def test_corrupted_bytes_give_value_errors_only():
+    """Bytes flipped at random in rnncore's own export: a model, or a ValueError, nothing else."""
+    m = rnncore.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True, seed=0)
+    base = rnncore._onnx.build_onnx(m).SerializeToString()
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(200):
+        b = bytearray(base)
+        for _ in range(rng.integers(1, 4)):
+            b[rng.integers(len(b))] = rng.integers(256)
+        for read in (rnncore.from_onnx, rox.find_recurrent):
+            try:
+                read(bytes(b))
+                outcomes.add("read")
+            except ValueError as e:
+                assert str(e).startswith(("from_onnx:", "node:", "base_dir:")), str(e)
+                outcomes.add("refused")
+    assert outcomes == {"read", "refused"}

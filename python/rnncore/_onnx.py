@@ -202,8 +202,6 @@ def to_onnx(model, path, x_only=False, shapes="rnncore"):
 
 _RECURRENT = ("RNN", "LSTM", "GRU")
 _DEFAULT_ACTS = {"RNN": ["Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
-_KNOWN_ATTRS = {"hidden_size", "direction", "activations", "activation_alpha", "activation_beta", "clip",
-                "layout", "input_forget", "linear_before_reset"}
 # ops that only move or reshape data (or read shapes): allowed around the recurrent nodes
 _MOVE = {"Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Slice", "Gather",
          "Split", "Cast", "Shape", "Size", "ConstantOfShape", "Expand"}
@@ -233,9 +231,34 @@ def _label(node, index):
 def _attrs(node, where):
     from onnx import helper
     try:
-        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return {_text(a.name): helper.get_attribute_value(a) for a in node.attribute}
     except Exception as e:
         raise _err(f"{where}: unreadable attribute ({type(e).__name__}: {e})") from None
+
+
+_ATTR_TYPES = {"hidden_size": "int", "direction": "str", "activations": "strs", "activation_alpha": "floats",
+               "activation_beta": "floats", "clip": "float", "layout": "int", "input_forget": "int",
+               "linear_before_reset": "int"}
+
+
+def _typed(a, where):
+    """The recurrent node's attributes, each of the type ONNX defines for it."""
+    ok = {"int": lambda v: isinstance(v, int), "float": lambda v: isinstance(v, (int, float)),
+          "str": lambda v: isinstance(v, (str, bytes)),
+          "strs": lambda v: isinstance(v, list) and all(isinstance(x, (str, bytes)) for x in v),
+          "floats": lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)}
+    for key, v in a.items():
+        if not isinstance(key, str):
+            raise _err(f"{where}: an attribute name is not text ({key!r})")
+        kind = _ATTR_TYPES.get(key)
+        if kind is None:
+            raise _err(f"{where}: attribute {key!r} is not one rnncore knows")
+        if not ok[kind](v):
+            raise _err(f"{where}: attribute {key!r} should be {kind}, got {type(v).__name__}")
+    try:
+        return {k: ([_text(x) for x in v] if _ATTR_TYPES[k] == "strs" else _text(v)) for k, v in a.items()}
+    except UnicodeDecodeError:
+        raise _err(f"{where}: an attribute's text is not UTF-8") from None
 
 
 class _Ctx:
@@ -552,6 +575,8 @@ def _through(scope, node, ax, where):
         return ax.like([g for i, g in enumerate(ax.axes) if i not in axes])
     if op == "Unsqueeze":
         axes = a.get("axes") if "axes" in a else const_input(1)
+        if axes is None:
+            return None
         out_rank = rank + len(axes)
         axes = sorted(int(i) % out_rank for i in axes)
         out = list(ax.axes)
@@ -626,9 +651,12 @@ def _reshape(ax, target, allowzero):
 def _trace(scope, start, stop):
     """Walk back from tensor ``start`` through layout nodes to a tensor in ``stop`` (a set of names):
     (source name, the layout nodes in data order), or (None, why not)."""
-    chain, name = [], start
+    chain, name, seen = [], start, set()
     while name not in stop:
         node = scope.producer.get(name)
+        if name in seen:
+            return None, f"goes round a cycle of nodes through {name!r}"
+        seen.add(name)
         if node is None or node.op_type not in _LAYOUT:
             what = "a graph input or constant" if node is None else f"{scope.where(node)}"
             return None, (f"comes from {what}, not from the graph input x or the previous layer through "
@@ -650,8 +678,9 @@ def _apply(scope, chain, ax):
 # ---- one recurrent node -----------------------------------------------------------------------
 
 def _peepholes(info, P):
-    """The LSTM's P input (ONNX rows p_i, p_o, p_f per direction). rnncore has no peephole LSTM yet:
-    all-zero peepholes are no peepholes, anything else is refused. This is the one place to read P."""
+    """The LSTM's P input, (dirs, 3*H) with ONNX's rows p_i, p_o, p_f per direction. rnncore has no
+    peephole LSTM yet: all-zero peepholes are no peepholes, anything else is refused. This is the one
+    place that reads P: a peephole model takes P[d] reordered to (p_i, p_f, p_o) from here."""
     if P is None:
         return None
     if P.kind == "const" and not np.any(P.array) or P.kind == "fill" and P.fill == 0:
@@ -663,11 +692,8 @@ def _read_node(scope, node):
     """The recurrent node's configuration and weights, checked; one ValueError per feature otherwise."""
     op = node.op_type
     where = scope.where(node)
-    a = _attrs(node, where)
+    a = _typed(_attrs(node, where), where)
     info = dict(node=node, op=op, where=where, name=scope.qualified(node))
-    for key in sorted(a):
-        if key not in _KNOWN_ATTRS:
-            raise _err(f"{where}: attribute {key!r} is not one rnncore knows")
     direction = _text(a.get("direction", "forward"))
     if direction == "reverse":
         raise _err(f"{where}: direction='reverse' (rnncore's layers are forward or bidirectional)")
@@ -858,10 +884,12 @@ class RecurrentNode:
         except ValueError:
             self.constant_weights = False
         try:
-            _node_import(scope, node)
+            _node_import(scope, node, for_model=True)
             self.problem = None
         except ValueError as e:
             self.problem = str(e)
+        except RecursionError:
+            self.problem = "from_onnx: the graph nests too deeply to read"
 
     def __repr__(self):
         return (f"RecurrentNode({self.path!r}, {self.op_type}, hidden_size={self.attributes.get('hidden_size')}, "
@@ -875,7 +903,10 @@ def find_recurrent(source, base_dir=None):
     proto, base_dir = _load(source, base_dir)
     _check_opset(proto)
     ctx = _Ctx(proto, base_dir)
-    return [RecurrentNode(scope, node) for scope, node in _walk(_Scope(proto.graph, ctx), [])]
+    try:
+        return [RecurrentNode(scope, node) for scope, node in _walk(_Scope(proto.graph, ctx), [])]
+    except RecursionError:
+        raise _err("the graph nests too deeply to read") from None
 
 
 def _select(proto, ctx, node):
@@ -973,6 +1004,15 @@ def _subgraph_proto(scope, targets, stops, name):
     return proto, inputs
 
 
+def _evaluate_glue(proto, names, feeds, what):
+    from onnx.reference import ReferenceEvaluator
+    try:
+        return ReferenceEvaluator(proto).run(names, feeds)
+    except Exception as e:
+        raise ValueError(f"run: computing {what} of the graph failed on these feeds "
+                         f"({type(e).__name__}: {e})") from None
+
+
 class OnnxImport:
     """An ONNX graph (or one recurrent node of it) as an rnncore model plus the mapping of the graph's
     tensors to the model's call; ``run`` computes the graph's outputs like
@@ -999,7 +1039,6 @@ class OnnxImport:
     def run(self, output_names, feeds):
         """The graph's outputs (all of ``outputs`` when ``output_names`` is None) for ``feeds``, a dict
         of input name -> ndarray."""
-        from onnx.reference import ReferenceEvaluator
         if not isinstance(feeds, dict):
             raise TypeError(f"feeds: expected a dict of input name -> ndarray, got {type(feeds).__name__}")
         missing = [n for n in self.inputs if n not in feeds]
@@ -1012,7 +1051,7 @@ class OnnxImport:
         values = {}
         if self._head is not None:
             proto, ins = self._head
-            got = ReferenceEvaluator(proto).run(None, {i: feeds[i] for i in ins})
+            got = _evaluate_glue(proto, None, {i: feeds[i] for i in ins}, "the initial states and sequence_lens")
             values = dict(zip([o.name for o in proto.graph.output], got))
         else:
             values = dict(feeds)
@@ -1026,7 +1065,9 @@ class OnnxImport:
                 return None
             kind, v = spec
             a = np.full(shape, v, dtype) if kind == "fill" else np.asarray(v if kind == "const" else values[v])
-            if layout and a.ndim == 3:
+            if layout:
+                if a.ndim != 3:
+                    raise ValueError(f"run: an initial state has shape {a.shape}; (N, dirs, H) expected")
                 a = a.transpose(1, 0, 2)
             return a
 
@@ -1048,7 +1089,7 @@ class OnnxImport:
             return [rec[n] for n in names]
         proto, ins = self._tail
         env = {**feeds, **rec}
-        got = ReferenceEvaluator(proto).run(names, {i: env[i] for i in ins})
+        got = _evaluate_glue(proto, names, {i: env[i] for i in ins}, "the outputs")
         return [np.asarray(g) for g in got]
 
 
