@@ -635,3 +635,17 @@ def test_corrupted_bytes_give_value_errors_only():
                 assert str(e).startswith(("from_onnx:", "node:", "base_dir:")), str(e)
                 outcomes.add("refused")
     assert outcomes == {"read", "refused"}
+
+
+def test_one_sequence_lens_for_all_layers():
+    proto = chain("GRU", 1, 2, "squeeze")
+    proto.graph.input.append(vi("seq", TensorProto.INT32))
+    rec = [n for n in proto.graph.node if n.op_type == "GRU"]
+    rec[0].input.extend(["seq"])                               # layer 0 only
+    with pytest.raises(ValueError, match="GRU_1.*sequence_lens differs from the first layer's"):
+        rnncore.from_onnx(proto)
+    rec[1].input.extend(["seq"])                               # both: the model's lengths
+    feeds = {"x": x_of((T, N, D)), "seq": np.array([T, 2, 1], np.int32)}
+    imp = rox.import_graph(proto)
+    assert imp.lengths == ("run", "seq")
+    check(imp.run(None, feeds), run_ort(proto, feeds), np.float32)

@@ -121,7 +121,7 @@ def build_onnx(model, x_only=False, shapes="rnncore"):
     if op == "RNN" and model.nonlinearity == "relu":
         attrs["activations"] = ["Relu"] * dirs
     finals = {"h": [], "c": []}
-    direct = shapes == "rnncore" and L == 1 and not (shapes == "onnx" and bf)
+    direct = shapes == "rnncore" and L == 1       # outputs named h_n, c_n by the node itself
     for layer in range(L):
         W, R, B = _layer_tensors(model, op, layer)
         states = [] if x_only else ["h0", "c0"][:2 if has_c else 1]
@@ -1193,9 +1193,12 @@ def _graph_import(proto, ctx, for_model):
                        f"(forward half first): the glue gives {ax.norm()}")
     # one lengths for all layers; states per layer
     lengths = [_state_spec(L, "sequence_lens", L["lengths"], for_model) for L in chain]
-    if any(s != lengths[0] if not isinstance(s, tuple) or s[0] != "const" else
-           not (isinstance(lengths[0], tuple) and lengths[0][0] == "const" and np.array_equal(s[1], lengths[0][1]))
-           for s in lengths):
+    def same(a, b):
+        if a is None or b is None:
+            return a is b
+        return a[0] == b[0] and (np.array_equal(a[1], b[1]) if a[0] == "const" else a[1] == b[1])
+
+    if not all(same(s, lengths[0]) for s in lengths[1:]):
         raise _err(f"{chain[-1]['where']}: its sequence_lens differs from the first layer's; rnncore applies one "
                    f"lengths to every layer")
     state = []
