@@ -8,9 +8,9 @@ namespace rnncore {
 
 #define RNNCORE_DECLARE_ISA(ns)                       \
   namespace ns {                                      \
-  template <class T> Kernels<T> kernels(CellKind);     \
-  extern template Kernels<float> kernels<float>(CellKind);     \
-  extern template Kernels<double> kernels<double>(CellKind);   \
+  template <class T> Kernels<T> kernels(int);     \
+  extern template Kernels<float> kernels<float>(int);     \
+  extern template Kernels<double> kernels<double>(int);   \
   }
 RNNCORE_DECLARE_ISA(isa_baseline)
 #ifdef RNNCORE_HAVE_AVX2
@@ -36,7 +36,7 @@ inline const char* kernel_isa() {
 }
 
 template <class T>
-Kernels<T> kernels(CellKind kind) {
+Kernels<T> kernels(int kind) {
   static const char* isa = kernel_isa();
 #ifdef RNNCORE_HAVE_AVX512
   if (std::strcmp(isa, "avx512") == 0) return isa_avx512::kernels<T>(kind);

@@ -45,24 +45,22 @@ class Buffer {
 };
 
 struct Problem {
-  CellKind cell;
+  int cell;  // the cell's code (kernels.cpp)
   int64_t T, N, D, H, layers, dirs;
+  int64_t P = 0;  // the projection's size (LSTMP), 0 for none
+  int64_t R() const { return P > 0 ? P : H; }  // the size of h
+};
+
+// One layer and direction's parameters, in the order of the cell's list (CellSpec::params), then
+// W_hr when the layer projects; shapes as ParamInfo gives them.
+template <class T>
+struct LayerParams {
+  const T* p[kMaxParams] = {};
 };
 
 template <class T>
-struct LayerParams {  // one layer and direction; shapes as in SPEC.md
-  const T* W_ih;      // (G*H, D_l)
-  const T* W_hh;      // (G*H, H)
-  const T* b;         // (G*H,)
-  const T* b_hn;      // (H,) or null
-};
-
-template <class T>
-struct LayerGrads {  // same shapes, written (not accumulated)
-  T* W_ih;
-  T* W_hh;
-  T* b;
-  T* b_hn;
+struct LayerGrads {  // the same shapes, written (not accumulated)
+  T* p[kMaxParams] = {};
 };
 
 struct Schedule {
@@ -85,9 +83,10 @@ struct Tape {
   Schedule sched;
   std::vector<Buffer<T>> inputs;  // per layer: its input (T, N, D_l), natural layout
   struct Dir {
-    Buffer<T> hs;     // slot layout, (O[T+1], H)
+    Buffer<T> hs;     // slot layout, (O[T+1], R)
     Buffer<T> cs;     // same, LSTM only
     Buffer<T> cache;  // slot layout, (O[T], W), cells that keep one
+    Buffer<T> ms;     // a projecting layer's cell outputs m, g's slot rows, (O[T], H)
   };
   std::vector<Dir> dirs;  // layer-major, direction-minor
   Tape(const Problem& p, const int64_t* lengths) : p(p), sched(p.T, p.N, lengths) {}

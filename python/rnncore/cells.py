@@ -9,7 +9,6 @@ import numpy as np
 
 from . import _core, models
 
-_SHORT = ("W_ih", "W_hh", "b", "b_hn")
 
 
 class _Cell:
@@ -36,10 +35,14 @@ class _Cell:
         """The one-layer model this cell steps (parameters shared, not copied)."""
         return self._model
 
+    def _short_names(self):
+        """The parameters' names without the layer's suffix: W_ih, W_hh, b, then the cell's own."""
+        return [e["name"] for e in self._model._param_list()]
+
     def parameters(self):
-        """name -> live ndarray (W_ih, W_hh, b and, for the reset_after GRU, b_hn)."""
+        """name -> live ndarray (W_ih, W_hh, b, then the cell's own: b_hn, P, W_hr, ...)."""
         p = self._model.parameters()
-        return {k: p[k + "_l0"] for k in _SHORT if k + "_l0" in p}
+        return {k: p[k + "_l0"] for k in self._short_names() if k + "_l0" in p}
 
     def state_dict(self):
         return {k: v.copy() for k, v in self.parameters().items()}
@@ -66,7 +69,8 @@ class _Cell:
         return self._model.cell
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}, dtype={self.dtype.name})"
+        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}, dtype={self.dtype.name}" \
+               f"{self._model._extra_repr()})"
 
     # ---- one step --------------------------------------------------------------------------
 
@@ -95,7 +99,8 @@ class _Cell:
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got {type(a).__name__}")
         if a.ndim != 2:
-            raise ValueError(f"{name}: expected 2 dimensions (N, hidden_size), got shape {a.shape}")
+            size = "proj_size" if self._model.proj_size and name in ("h", "dh") else "hidden_size"
+            raise ValueError(f"{name}: expected 2 dimensions (N, {size}), got shape {a.shape}")
         return a[None]
 
     def __call__(self, x, state=None):
@@ -110,25 +115,25 @@ class _Cell:
         if not (type(x) is np.ndarray and x.dtype == m.dtype and x.ndim == 2 and x.shape[1] == m.input_size
                 and x.flags.c_contiguous and x.flags.aligned):
             return None
-        shape = (x.shape[0], m.hidden_size)
+        shape, cshape = (x.shape[0], m._out_size), (x.shape[0], m.hidden_size)
         if m._has_c:
             if state is None:
-                h = c = np.zeros(shape, m.dtype)
+                h, c = np.zeros(shape, m.dtype), np.zeros(cshape, m.dtype)
             elif type(state) is tuple and len(state) == 2:
                 h, c = state
             else:
                 return None
-            parts = (h, c)
+            parts = ((h, shape), (c, cshape))
         else:
             h = np.zeros(shape, m.dtype) if state is None else state
             c = None
-            parts = (h,)
-        for a in parts:
-            if not (type(a) is np.ndarray and a.dtype == m.dtype and a.shape == shape and a.flags.c_contiguous
+            parts = ((h, shape),)
+        for a, want in parts:
+            if not (type(a) is np.ndarray and a.dtype == m.dtype and a.shape == want and a.flags.c_contiguous
                     and a.flags.aligned):
                 return None
-        _, h_n, c_n, _ = _core.forward(models._CELL_CODES[m.cell], 1, 1, m._weights(), x[None], h[None],
-                                       None if c is None else c[None], None, None, False)
+        _, h_n, c_n, _ = _core.forward(models.CELL_INFO[m.cell]["code"], 1, 1, m._weights(), x[None], h[None],
+                                       None if c is None else c[None], None, None, False, m.hidden_size)
         return (h_n[0], c_n[0]) if m._has_c else h_n[0]
 
     def forward(self, x, state=None, train=False):
@@ -155,7 +160,7 @@ class _Cell:
         inputs = {"x": g["x"][0], "h": g["h0"][0]}
         if m._has_c:
             inputs["c"] = g["c0"][0]
-        return models.Gradients(inputs, {k: g[k + "_l0"] for k in _SHORT if k + "_l0" in g})
+        return models.Gradients(inputs, {k: g[k + "_l0"] for k in self._short_names() if k + "_l0" in g})
 
 
 class RNNCell(_Cell):
@@ -168,9 +173,15 @@ class RNNCell(_Cell):
 
 
 class LSTMCell(_Cell):
-    """One LSTM step; state (h, c)."""
+    """One LSTM step; state (h, c). ``proj_size``, ``peephole`` and ``layer_norm`` choose the variant
+    (see ``rnncore.LSTM``); with a projection h has proj_size columns."""
 
     _model_class = models.LSTM
+
+    def __init__(self, input_size, hidden_size, dtype=None, seed=None, proj_size=0, peephole=False,
+                 layer_norm=False):
+        super().__init__(input_size, hidden_size, dtype=dtype, seed=seed, proj_size=proj_size, peephole=peephole,
+                         layer_norm=layer_norm)
 
 
 class GRUCell(_Cell):

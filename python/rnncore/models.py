@@ -18,7 +18,9 @@ import numpy as np
 
 from . import _core
 
-_CELL_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3, "gru_after": 4}
+# What each cell is (gates, states, parameter list, counterparts), as its kernel struct in
+# csrc/cells/ says: the one description of a cell, which everything in Python reads.
+CELL_INFO = _core.cell_info()
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _BLAS_LIMIT = 2**31  # the core's BLAS takes 32-bit counts: every matrix dimension stays below this
 
@@ -27,9 +29,9 @@ class _CoreEngine:
     """The C++ driver (GIL released inside)."""
 
     @staticmethod
-    def forward(cell, num_layers, bidirectional, weights, x, h0, c0, lengths, masks, train):
-        return _core.forward(_CELL_CODES[cell], num_layers, 2 if bidirectional else 1, weights, x, h0, c0,
-                             lengths, masks, train)
+    def forward(cell, num_layers, bidirectional, weights, x, h0, c0, lengths, masks, train, hidden_size=None):
+        return _core.forward(CELL_INFO[cell]["code"], num_layers, 2 if bidirectional else 1, weights, x, h0, c0,
+                             lengths, masks, train, hidden_size or 0)
 
     @staticmethod
     def backward(tape, weights, masks, dy, dh_n, dc_n):
@@ -149,9 +151,8 @@ class _Recurrent:
     """
 
     _engine = _CoreEngine
-    _gates = 1
-    _has_c = False
     _default_dtype = np.float32
+    proj_size = 0  # the size of h when the layers project (LSTM's proj_size); 0: none, h is hidden_size
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
                  dropout=0.0, dtype=None, seed=None):
@@ -160,8 +161,11 @@ class _Recurrent:
         np.empty(total, self.dtype)  # untouched: a model that cannot fit fails here at once, with MemoryError
         k = 1.0 / np.sqrt(self.hidden_size)
         self._params = self._new_parameters()
-        for name, shape in self._param_shapes():
-            self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
+        for name, shape, init in self._param_shapes(with_init=True):
+            if init == "uniform":
+                self._params[name] = rng.uniform(-k, k, size=shape).astype(self.dtype)
+            else:
+                self._params[name] = (np.ones if init == "ones" else np.zeros)(shape, self.dtype)
 
     def _configure_extra(self, **extra):
         """The subclass's own constructor arguments (RNN: nonlinearity, GRU: reset_after), checked and set."""
@@ -234,17 +238,40 @@ class _Recurrent:
     def dirs(self):
         return 2 if self.bidirectional else 1
 
-    def _param_shapes(self):
-        H, G = self.hidden_size, self._gates * self.hidden_size
+    @property
+    def _info(self):
+        """What this model's cell is (CELL_INFO)."""
+        return CELL_INFO[self.cell]
+
+    @property
+    def _gates(self):
+        return self._info["gates"]
+
+    @property
+    def _has_c(self):
+        return "c" in self._info["states"]
+
+    @property
+    def _out_size(self):
+        """The size of h: proj_size when the layers project, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def _param_list(self):
+        """The cell's parameter entries (CELL_INFO), then W_hr's when the layers project."""
+        info = self._info
+        return info["params"] + ([info["projection"]] if self.proj_size else [])
+
+    def _param_shapes(self, with_init=False):
+        """(name, shape) of every parameter, layer by layer, forward then reverse, in the cell's order."""
+        H, R = self.hidden_size, self._out_size
+        entries = self._param_list()
         for layer in range(self.num_layers):
-            D = self.input_size if layer == 0 else self.dirs * H
+            size = {"1": 1, "D": self.input_size if layer == 0 else self.dirs * R, "H": H, "R": R}
             for d in range(self.dirs):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
-                yield "W_ih" + sfx, (G, D)
-                yield "W_hh" + sfx, (G, H)
-                yield "b" + sfx, (G,)
-                if self.cell == "gru_after":
-                    yield "b_hn" + sfx, (H,)
+                for e in entries:
+                    shape = tuple(mult * size[var] for mult, var in e["shape"])
+                    yield (e["name"] + sfx, shape, e["init"]) if with_init else (e["name"] + sfx, shape)
 
     def _check_model_sizes(self):
         """The number of parameter values; ValueError when a dimension or the total overflows the core's counts."""
@@ -255,8 +282,13 @@ class _Recurrent:
                 ("hidden_size", f"hidden_size={H} gives matrices {widest} wide")
             raise ValueError(f"{name}: sizes too large: {what}; the core's BLAS counts are 32-bit "
                              f"(below {_BLAS_LIMIT})")
-        per_dir = G * H * (H + 1) + (H if self.cell == "gru_after" else 0)
-        total = self.dirs * (self.num_layers * per_dir + G * H * (D + (self.num_layers - 1) * self.dirs * H))
+        R, entries = self._out_size, self._param_list()
+
+        def per_dir(D_l):  # parameter values of one layer and direction
+            size = {"1": 1, "D": D_l, "H": H, "R": R}
+            return sum(int(np.prod([mult * size[var] for mult, var in e["shape"]], dtype=object)) for e in entries)
+
+        total = self.dirs * (per_dir(D) + (self.num_layers - 1) * per_dir(self.dirs * R))
         if total * self.dtype.itemsize >= 2**63:
             raise ValueError(f"num_layers: sizes too large: input_size={D}, hidden_size={H}, "
                              f"num_layers={self.num_layers} give {total} parameters, more bytes than 64 bits count")
@@ -264,6 +296,10 @@ class _Recurrent:
 
     def _extra_repr(self):
         return ""
+
+    def _extra_config(self):
+        """The subclass's own constructor arguments, name -> value, as save() writes them."""
+        return {}
 
     def __repr__(self):
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
@@ -277,7 +313,7 @@ class _Recurrent:
         return self._params
 
     def num_parameters(self):
-        return sum(int(np.prod(s)) for _, s in self._param_shapes())
+        return self._check_model_sizes()
 
     def state_dict(self):
         """A copy of every parameter, name -> ndarray: what ``load_state_dict`` takes back. A parameter
@@ -324,12 +360,12 @@ class _Recurrent:
         """Per layer and direction, the (name, shape) of W_ih, W_hh, b (and b_hn); computed once."""
         if getattr(self, "_layout_cache", None) is None:
             names = list(self._param_shapes())
-            per = 4 if self.cell == "gru_after" else 3
+            per = len(self._param_list())
             self._layout_cache = [tuple(names[i:i + per]) for i in range(0, len(names), per)]
         return self._layout_cache
 
     def _weights(self):
-        """Per layer and direction (W_ih, W_hh, b, b_hn or None), checked and C-contiguous."""
+        """Per layer and direction, the tuple of its parameters in the cell's order, checked and C-contiguous."""
         out = []
         params, dtype = self._params, self.dtype
         for group in self._layout():
@@ -342,7 +378,7 @@ class _Recurrent:
                             or a.shape != shape):
                         self._bad_parameter(name, a, shape)
                 arrays.append(_c_aligned(a))
-            out.append(tuple(arrays) + (None,) * (4 - len(arrays)))
+            out.append(tuple(arrays))
         return out
 
     def _bad_parameter(self, name, a, shape):
@@ -389,10 +425,10 @@ class _Recurrent:
         masks = None
         if train and self.dropout > 0 and self.num_layers > 1:
             keep = 1.0 - self.dropout
-            shape = (self.num_layers - 1, T, N, self.dirs * self.hidden_size)
+            shape = (self.num_layers - 1, T, N, self.dirs * self._out_size)
             masks = ((self._dropout_rng.random(shape) < keep) / keep).astype(self.dtype)
         y, h_n, c_n, etape = self._engine.forward(self.cell, self.num_layers, self.bidirectional, weights, x,
-                                                  h0, c0, lengths, masks, bool(train))
+                                                  h0, c0, lengths, masks, bool(train), hidden_size=self.hidden_size)
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         tape = Tape(self, etape, weights, masks, T, N, lengths is not None) if train else None
@@ -414,20 +450,19 @@ class _Recurrent:
                 if getattr(now, "shape", None) != then.shape:
                     raise ValueError(f"tape: parameter {name!r} changed shape since the forward that made this "
                                      f"tape: {then.shape} then, {_describe(now)} now")
-        T, N, H = tape.T, tape.N, self.hidden_size
+        T, N, H, R = tape.T, tape.N, self.hidden_size, self._out_size
         if dy is not None:
             dy = self._check_array(dy, "dy", 3)
             if self.batch_first:
                 dy = dy.transpose(1, 0, 2)
-            want = (T, N, self.dirs * H)
+            want = (T, N, self.dirs * R)
             if dy.shape != want:
                 raise ValueError(f"dy: expected shape {self._user_shape(want)} (like y), got "
                                  f"{self._user_shape(dy.shape)}")
             dy = _c_aligned(dy)
-        state = (self.num_layers * self.dirs, N, H)
-        dh_n = self._check_optional_state(dh_n, "dh_n", state)
+        dh_n = self._check_optional_state(dh_n, "dh_n", (self.num_layers * self.dirs, N, R))
         if self._has_c:
-            dc_n = self._check_optional_state(dc_n, "dc_n", state)
+            dc_n = self._check_optional_state(dc_n, "dc_n", (self.num_layers * self.dirs, N, H))
         elif dc_n is not None:
             raise ValueError(f"dc_n: {type(self).__name__} has no cell state; pass None")
         dx, dh0, dc0, dw = self._engine.backward(tape.engine_tape, tape.weights, tape.masks, dy, dh_n, dc_n)
@@ -531,20 +566,22 @@ class _Recurrent:
             return None
         a = self._check_array(a, name, 3)
         if a.shape != shape:
-            raise ValueError(f"{name}: expected shape {shape} (num_layers * dirs, N, hidden_size), got {a.shape}")
+            size = "proj_size" if shape[2] == self.proj_size and not name.startswith(("c", "dc")) else "hidden_size"
+            raise ValueError(f"{name}: expected shape {shape} (num_layers * dirs, N, {size}), got {a.shape}")
         return _c_aligned(a)
 
     def _check_state(self, state, N):
-        shape = (self.num_layers * self.dirs, N, self.hidden_size)
+        shape = (self.num_layers * self.dirs, N, self._out_size)
         if self._has_c:
             if state is None:
                 state = (None, None)
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(f"state: expected a tuple (h0, c0) for LSTM, got {_describe(state)}")
+            cshape = (self.num_layers * self.dirs, N, self.hidden_size)
             h0 = self._check_optional_state(state[0], "h0", shape)
-            c0 = self._check_optional_state(state[1], "c0", shape)
-            zeros = np.zeros(shape, self.dtype)
-            return (zeros if h0 is None else h0), (zeros if c0 is None else c0)
+            c0 = self._check_optional_state(state[1], "c0", cshape)
+            return (np.zeros(shape, self.dtype) if h0 is None else h0), (np.zeros(cshape, self.dtype) if c0 is None
+                                                                         else c0)
         if isinstance(state, (tuple, list)):
             raise TypeError(f"state: expected the array h0 for {type(self).__name__}, got a {type(state).__name__}")
         h0 = self._check_optional_state(state, "h0", shape)
@@ -614,8 +651,6 @@ def _positive_int(v, name):
 class RNN(_Recurrent):
     """Simple RNN, h_t = f(x_t W_ih^T + h_{t-1} W_hh^T + b), f = tanh or relu (``nonlinearity``)."""
 
-    _gates = 1
-
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bidirectional=False,
                  batch_first=False, dropout=0.0, dtype=None, seed=None):
         self._configure_extra(nonlinearity=nonlinearity)
@@ -633,13 +668,79 @@ class RNN(_Recurrent):
     def _extra_repr(self):
         return f", nonlinearity={self.nonlinearity!r}"
 
+    def _extra_config(self):
+        return {"nonlinearity": self.nonlinearity}
+
 
 class LSTM(_Recurrent):
-    """LSTM, gates i, f, g, o: c_t = f * c_{t-1} + i * g, h_t = o * tanh(c_t). State is (h, c)."""
+    """LSTM, gates i, f, g, o: c_t = f * c_{t-1} + i * g, h_t = o * tanh(c_t). State is (h, c).
 
-    _gates = 4
-    _has_c = True
-    cell = "lstm"
+    Variants (README, "LSTM variants"), which may be combined except peephole with layer_norm:
+
+    proj_size=P (0 < P < hidden_size; 0 for none): LSTMP as PyTorch's ``proj_size``,
+        h_t = W_hr (o * tanh(c_t)) with W_hr_l{k} (P, H); h and the outputs have size P, c has
+        hidden_size, and W_hh is (4H, P).
+    peephole=True: ONNX's and oneDNN's peephole LSTM, i = sigmoid(... + p_i * c_{t-1}),
+        f = sigmoid(... + p_f * c_{t-1}), o = sigmoid(... + p_o * c_t), with P_l{k} (3, H),
+        rows p_i, p_f, p_o.
+    layer_norm=True: the LayerNorm LSTM of Ba, Kiros and Hinton (2016), eqs. 20-22: the gates
+        are LN(W_hh h; ln_h) + LN(W_ih x; ln_x) + b, each LN over the whole 4H row, and
+        h_t = o * tanh(LN(c_t; ln_c)), the carried c_t not normalised; gains start at 1, shifts at 0.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
+                 dropout=0.0, dtype=None, seed=None, proj_size=0, peephole=False, layer_norm=False):
+        self._configure_extra(proj_size=proj_size, peephole=peephole, layer_norm=layer_norm,
+                              hidden_size=hidden_size)
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, dtype, seed)
+
+    def _configure_extra(self, proj_size=0, peephole=False, layer_norm=False, hidden_size=None):
+        for name, v in (("peephole", peephole), ("layer_norm", layer_norm)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected a bool, got {_describe(v)}")
+        if peephole and layer_norm:
+            raise ValueError("peephole, layer_norm: not both: the LayerNorm LSTM (Ba et al. 2016) has no "
+                             "peepholes, and where p * c would enter a normalised gate is not defined by either")
+        if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
+            raise TypeError(f"proj_size: expected an int (0 for no projection), got {_describe(proj_size)}")
+        if proj_size < 0:
+            raise ValueError(f"proj_size: expected 0 (no projection) or 0 < proj_size < hidden_size, got {proj_size}")
+        H = hidden_size  # None from _unparameterised, which checks it once hidden_size is set
+        if proj_size and isinstance(H, numbers.Integral) and not isinstance(H, bool) and proj_size >= H:
+            raise ValueError(f"proj_size: expected 0 < proj_size < hidden_size={H}, got {proj_size}")
+        self.proj_size = int(proj_size)
+        self.peephole = bool(peephole)
+        self.layer_norm = bool(layer_norm)
+
+    @classmethod
+    def _unparameterised(cls, config):
+        config = dict(config)
+        config.setdefault("proj_size", 0)
+        config.setdefault("peephole", False)
+        config.setdefault("layer_norm", False)
+        model = super()._unparameterised(config)
+        if model.proj_size >= model.hidden_size:
+            raise ValueError(f"proj_size: expected 0 < proj_size < hidden_size={model.hidden_size}, "
+                             f"got {model.proj_size}")
+        return model
+
+    @property
+    def cell(self):
+        return "lstm_peephole" if self.peephole else "lstm_ln" if self.layer_norm else "lstm"
+
+    def _extra_repr(self):
+        return "".join(f", {k}={v}" for k, v in self._extra_config().items())
+
+    def _extra_config(self):
+        """The variant's arguments that differ from the plain LSTM's (a plain LSTM's file and repr stay as before)."""
+        out = {}
+        if self.proj_size:
+            out["proj_size"] = self.proj_size
+        if self.peephole:
+            out["peephole"] = True
+        if self.layer_norm:
+            out["layer_norm"] = True
+        return out
 
 
 class GRU(_Recurrent):
@@ -648,8 +749,6 @@ class GRU(_Recurrent):
     reset_after=False (default, the notes' form): n = tanh(x W_in^T + (r * h) W_hn^T + b_n).
     reset_after=True (cuDNN/PyTorch form): n = tanh(x W_in^T + b_n + r * (h W_hn^T + b_hn)).
     """
-
-    _gates = 3
 
     def __init__(self, input_size, hidden_size, num_layers=1, reset_after=False, bidirectional=False,
                  batch_first=False, dropout=0.0, dtype=None, seed=None):
@@ -667,3 +766,6 @@ class GRU(_Recurrent):
 
     def _extra_repr(self):
         return f", reset_after={self.reset_after}"
+
+    def _extra_config(self):
+        return {"reset_after": self.reset_after}
