@@ -98,3 +98,37 @@ def test_zero_length_row_final_state(variant, tmp_path):
         np.testing.assert_allclose(g[:, keep], s[:, keep], **TOL)
     for g, w in zip(rox.import_graph(path).run(None, feeds), got):
         np.testing.assert_allclose(g, w, **TOL)
+
+
+@pytest.mark.parametrize("L,bi,bf", [(1, False, False), (2, True, True)])
+def test_peephole_lstm_exported_with_onnx_p(L, bi, bf, tmp_path):
+    m = rnncore.LSTM(D, H, num_layers=L, bidirectional=bi, batch_first=bf, peephole=True, seed=0)
+    for k, v in m.parameters().items():
+        if k.startswith("P_"):
+            v[...] = np.random.default_rng(len(k)).uniform(-1, 1, v.shape)
+    path = str(tmp_path / "p.onnx")
+    m.to_onnx(path)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((N, T, D) if bf else (T, N, D)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((L * m.dirs, N, H)).astype(np.float32) for _ in range(2))
+    lengths = np.array([T, 2, 1])
+    got = session(path).run(None, {"x": x, "h0": h0, "c0": c0, "lengths": lengths})
+    y, (h_n, c_n) = m(x, (h0, c0), lengths)
+    for g, w in zip(got, (y, h_n, c_n)):
+        np.testing.assert_allclose(g, w, **TOL)
+    back = rnncore.from_onnx(path)
+    assert repr(back) == repr(m)
+    for k, v in m.parameters().items():
+        np.testing.assert_array_equal(back.parameters()[k], v)
+
+
+@pytest.mark.parametrize("kw", [dict(proj_size=2), dict(layer_norm=True)])
+def test_lstm_variants_without_onnx_or_keras_equivalent_refused(kw, tmp_path):
+    m = rnncore.LSTM(D, H, seed=0, **kw)
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=f"to_onnx: LSTM\\({name}=.*no ONNX equivalent"):
+        m.to_onnx(str(tmp_path / "m.onnx"))
+    assert not list(tmp_path.iterdir())
+    for variant in (m, rnncore.LSTM(D, H, peephole=True)):
+        with pytest.raises(ValueError, match="to_keras: LSTM\\(.*no Keras equivalent"):
+            variant.to_keras()

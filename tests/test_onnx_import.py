@@ -470,19 +470,26 @@ def test_each_refusal_names_node_and_feature(op, attrs, msg):
     assert str(e.value).count(";") <= 1                        # one reason, not a list
 
 
-def test_peepholes_and_dtypes_refused_zero_peepholes_read():
+def test_peepholes_read_as_the_peephole_lstm_and_dtypes_refused():
     x = x_of((T, N, D))
-    ws = weights("LSTM", 1, D, np.float32, 0)
-    for P, ok in ((np.zeros((1, 3 * H), np.float32), True), (np.full((1, 3 * H), .1, np.float32), False)):
-        node = helper.make_node("LSTM", ["X", "W", "R", "B", "", "", "", "P"], ["Y"], name="peep", hidden_size=H)
-        proto = model_of([node], [vi("X")], [vi("Y")], ws + [init("P", P)])
-        if ok:
-            check(rox.import_graph(proto).run(None, {"X": x}), run_ort(proto, {"X": x}), np.float32)
-        else:
-            with pytest.raises(ValueError, match="node 'peep' \\(LSTM\\): peepholes"):
-                rnncore.from_onnx(proto)
+    ws = weights("LSTM", 2, D, np.float32, 0)
+    rng = np.random.default_rng(6)
+    for P, peephole in ((np.zeros((2, 3 * H), np.float32), False),
+                        (rng.uniform(-1, 1, (2, 3 * H)).astype(np.float32), True)):
+        node = helper.make_node("LSTM", ["X", "W", "R", "B", "", "", "", "P"], ["Y", "Y_h", "Y_c"], name="peep",
+                                hidden_size=H, direction="bidirectional")
+        proto = model_of([node], [vi("X")], [vi("Y"), vi("Y_h"), vi("Y_c")], ws + [init("P", P)])
+        m = rnncore.from_onnx(proto)
+        assert m.peephole == peephole
+        if peephole:                         # ONNX rows p_i, p_o, p_f; rnncore's p_i, p_f, p_o
+            np.testing.assert_array_equal(m.parameters()["P_l0_reverse"], P[1].reshape(3, H)[[0, 2, 1]])
+        check(rox.import_graph(proto).run(None, {"X": x}), run_ort(proto, {"X": x}), np.float32)
+    bad = model_of([node], [vi("X")], [vi("Y")], ws + [init("P", np.ones((2, 2 * H), np.float32))])
+    with pytest.raises(ValueError, match="node 'peep' \\(LSTM\\): peepholes P of shape \\(2, 6\\)"):
+        rnncore.from_onnx(bad)
     half = [init(t.name, numpy_helper.to_array(t).astype(np.float16)) for t in ws]
-    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], name="half", hidden_size=H)
+    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], name="half", hidden_size=H,
+                            direction="bidirectional")
     with pytest.raises(ValueError, match="node 'half' \\(LSTM\\): W has dtype float16"):
         rnncore.from_onnx(model_of([node], [vi("X", TensorProto.FLOAT16)], [vi("Y", TensorProto.FLOAT16)], half))
 

@@ -240,6 +240,10 @@ def to_keras(model):
     with Dropout(model.dropout) between layers when dropout > 0. It reads (N, T, D) whatever
     ``model.batch_first`` says and returns the full output sequence, like ``model(x)[0]``.
     """
+    for name in ("proj_size", "peephole", "layer_norm"):
+        if getattr(model, name, False):
+            raise ValueError(f"to_keras: LSTM({name}={getattr(model, name)}) has no Keras equivalent "
+                             f"(keras.layers.LSTM has no {name.replace('_', ' ')})")
     import keras
 
     base = next(c for c in (models.RNN, models.LSTM, models.GRU) if isinstance(model, c))

@@ -37,12 +37,14 @@ def _base(model):
 
 
 def _layer_tensors(model, op, layer):
-    """ONNX W, R, B of one layer (all directions)."""
+    """ONNX W, R, B and P (None unless the LSTM has peepholes) of one layer (all directions)."""
     p, H = model.parameters(), model.hidden_size
     order, sign = _row_map(op, H)
     sign = sign.astype(model.dtype)
-    Ws, Rs, Bs = [], [], []
+    Ws, Rs, Bs, Ps = [], [], [], []
     for d in range(model.dirs):
+        if getattr(model, "peephole", False):          # rnncore's rows p_i, p_f, p_o; ONNX's p_i, p_o, p_f
+            Ps.append(p[f"P_l{layer}" + ("_reverse" if d else "")][[0, 2, 1]].reshape(-1))
         sfx = f"_l{layer}" + ("_reverse" if d else "")
         Ws.append(p["W_ih" + sfx][order] * sign[:, None])
         Rs.append(p["W_hh" + sfx][order] * sign[:, None])
@@ -51,7 +53,7 @@ def _layer_tensors(model, op, layer):
         if "b_hn" + sfx in p:
             rb[2 * H:] = p["b_hn" + sfx]
         Bs.append(np.concatenate([wb, rb]))
-    return np.stack(Ws), np.stack(Rs), np.stack(Bs)
+    return np.stack(Ws), np.stack(Rs), np.stack(Bs), (np.stack(Ps) if Ps else None)
 
 
 def _config(model):
@@ -62,6 +64,8 @@ def _config(model):
         cfg["nonlinearity"] = model.nonlinearity
     if isinstance(model, models.GRU):
         cfg["reset_after"] = model.reset_after
+    if getattr(model, "peephole", False):
+        cfg["peephole"] = True
     return cfg
 
 
@@ -75,6 +79,10 @@ def build_onnx(model, x_only=False, shapes="rnncore"):
         raise TypeError(f"x_only: expected a bool, got {type(x_only).__name__}")
     if shapes not in ("rnncore", "onnx"):
         raise ValueError(f"shapes: expected 'rnncore' or 'onnx', got {shapes!r}")
+    for name, what in (("proj_size", "projection"), ("layer_norm", "layer normalisation")):
+        if getattr(model, name, False):
+            raise ValueError(f"to_onnx: LSTM({name}={getattr(model, name)}) has no ONNX equivalent (the ONNX LSTM "
+                             f"operator has no {what})")
     model._weights()                        # a parameter of the wrong shape or dtype is named here
     L, dirs, H, D = model.num_layers, model.dirs, model.hidden_size, model.input_size
     elem = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}[model.dtype.type]
@@ -123,7 +131,7 @@ def build_onnx(model, x_only=False, shapes="rnncore"):
     finals = {"h": [], "c": []}
     direct = shapes == "rnncore" and L == 1       # outputs named h_n, c_n by the node itself
     for layer in range(L):
-        W, R, B = _layer_tensors(model, op, layer)
+        W, R, B, P = _layer_tensors(model, op, layer)
         states = [] if x_only else ["h0", "c0"][:2 if has_c else 1]
         if L > 1 and states:
             bounds = [ints(f"start_l{layer}", layer * dirs), ints(f"end_l{layer}", (layer + 1) * dirs),
@@ -137,6 +145,8 @@ def build_onnx(model, x_only=False, shapes="rnncore"):
         node_inputs = [x, const(f"W_l{layer}", W), const(f"R_l{layer}", R), const(f"B_l{layer}", B)]
         if not x_only:
             node_inputs += ["lengths_i32"] + states
+        if P is not None:
+            node_inputs += [""] * (7 - len(node_inputs)) + [const(f"P_l{layer}", P)]
         nodes.append(helper.make_node(op, node_inputs, outs, name=f"{op}_l{layer}", **attrs))
         finals["h"].append(outs[1])
         if has_c:
@@ -678,14 +688,19 @@ def _apply(scope, chain, ax):
 # ---- one recurrent node -----------------------------------------------------------------------
 
 def _peepholes(info, P):
-    """The LSTM's P input, (dirs, 3*H) with ONNX's rows p_i, p_o, p_f per direction. rnncore has no
-    peephole LSTM yet: all-zero peepholes are no peepholes, anything else is refused. This is the one
-    place that reads P: a peephole model takes P[d] reordered to (p_i, p_f, p_o) from here."""
-    if P is None:
+    """The LSTM's P input, (dirs, 3*H) with ONNX's rows p_i, p_o, p_f per direction, as rnncore's
+    P_l{k} per direction, (dirs, 3, H) with rows p_i, p_f, p_o; None when absent or all zero (no
+    peepholes). This is the one place that reads P."""
+    if P is None or P.uniform == 0:
         return None
-    if P.kind == "const" and not np.any(P.array) or P.kind == "fill" and P.fill == 0:
-        return None
-    raise _err(f"{info['where']}: peepholes (input P) are not supported by rnncore's LSTM")
+    if P.kind != "const":
+        raise _err(f"{info['where']}: its peepholes (input P) are computed at run time, not constant")
+    dirs, H = info["dirs"], info["H"]
+    if P.array.shape != (dirs, 3 * H):
+        raise _err(f"{info['where']}: peepholes P of shape {P.array.shape} ({(dirs, 3 * H)} expected)")
+    if P.array.dtype != info["dtype"]:
+        raise _err(f"{info['where']}: P has dtype {P.array.dtype}, W has {info['dtype']} (one dtype expected)")
+    return P.array.reshape(dirs, 3, H)[:, [0, 2, 1]]
 
 
 def _read_node(scope, node):
@@ -755,17 +770,16 @@ def _read_node(scope, node):
         if role == "initial_c" and op != "LSTM":
             continue
         states[role] = (inputs[i], scope.value(inputs[i]))
-    if op == "LSTM":
-        _peepholes(info, scope.value(inputs[7]))
     info.update(dirs=dirs, H=H, D=W.shape[2], layout=layout, nonlinearity=nonlinearity, reset_after=bool(lbr),
                 W=W, R=R, B=B, dtype=dtype, X=inputs[0], states=states,
                 lengths=(inputs[4], scope.value(inputs[4])),
                 outs=(list(node.output) + ["", "", ""])[:3])
+    info["P"] = _peepholes(info, scope.value(inputs[7])) if op == "LSTM" else None
     return info
 
 
-def _params(layers, op, H, reset_after, dtype):
-    """rnncore's parameter arrays from the layers' ONNX W, R, B."""
+def _params(layers, op, H, reset_after, dtype, peephole=False):
+    """rnncore's parameter arrays from the layers' ONNX W, R, B (and P)."""
     order, sign = _row_map(op, H)
     inverse = np.argsort(order)
     sign = sign.astype(dtype)
@@ -784,6 +798,8 @@ def _params(layers, op, H, reset_after, dtype):
                 params["b_hn" + sfx] = rb[2 * H:].copy()
             else:
                 params["b" + sfx] = ((wb + rb) * sign)[inverse]
+            if peephole:
+                params["P" + sfx] = L["P"][d] if L["P"] is not None else np.zeros((3, H), dtype)
     return params
 
 
@@ -803,8 +819,11 @@ def _build_model(layers, batch_first, dropout=0.0):
         config["nonlinearity"] = first["nonlinearity"]
     if op == "GRU":
         config["reset_after"] = first["reset_after"]
+    peephole = any(L["P"] is not None for L in layers)
+    if peephole:
+        config["peephole"] = True
     model = cls._unparameterised(config)
-    params = _params(layers, op, H, first["reset_after"], dtype)
+    params = _params(layers, op, H, first["reset_after"], dtype, peephole)
     model._adopt({k: np.asarray(v, dtype) for k, v in params.items()})
     return model
 
