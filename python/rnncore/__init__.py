@@ -37,6 +37,7 @@ from ._convert import from_torch_state_dict, to_torch_state_dict  # noqa: E402
 from ._io import load  # noqa: E402
 from ._keras import from_keras  # noqa: E402
 from ._onnx import from_onnx  # noqa: E402
+from . import onnx  # noqa: E402  (rnncore.onnx: find_recurrent, import_graph; the onnx package loads on use)
 from ._torch import from_torch  # noqa: E402
 from ._version import __version__  # noqa: E402
 from .cells import GRUCell, LSTMCell, RNNCell, Stream  # noqa: E402

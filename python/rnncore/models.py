@@ -693,21 +693,27 @@ class _Recurrent:
         from . import _keras
         return _keras.to_keras(self)
 
-    def to_onnx(self, path: Any) -> Any:
+    def to_onnx(self, path: Any, x_only: bool = False, shapes: str = "rnncore") -> Any:
         """Write this model to ``path`` as an ONNX graph (opset 17), one RNN/LSTM/GRU operator per layer.
 
-        Graph inputs, all required (T and N are dynamic)::
+        Graph inputs (T and N are dynamic)::
 
             x        (T, N, input_size), or (N, T, input_size) if batch_first; this model's dtype
             h0       (num_layers * dirs, N, hidden_size); zeros for no initial state
             c0       like h0; LSTM only
-            lengths  (N,) int64 in [1, T]; T for every row when the sequences are full
+            lengths  (N,) int64 in [0, T]; T for every row when the sequences are full
 
-        Graph outputs: y, h_n and (LSTM) c_n, as from ``self(x, state, lengths)``. Dropout is not
-        exported (inference). ONNX Runtime runs these operators in float32 only. Returns ``path``.
+        ``x_only=True`` writes x as the only input: zero initial state, full lengths.
+        Graph outputs: y, h_n and (LSTM) c_n, as from ``self(x, state, lengths)`` with
+        ``shapes="rnncore"``; with ``shapes="onnx"``, y keeps ONNX's direction axis, (T, dirs, N, H)
+        ((N, T, dirs, H) if batch_first), and with batch_first h_n and c_n are (N, num_layers * dirs, H).
+        A row of length 0 ends in zeros in ONNX Runtime, in h0 in rnncore (README.md, "ONNX").
+        A peephole LSTM's P is written in ONNX's row order (p_i, p_o, p_f); the projection and
+        LayerNorm LSTMs have no ONNX operator and are refused. Dropout is not exported (inference).
+        ONNX Runtime runs these operators in float32 only. Returns ``path``.
         """
         from . import _onnx
-        return _onnx.to_onnx(self, path)
+        return _onnx.to_onnx(self, path, x_only=x_only, shapes=shapes)
 
     def save(self, path: Any) -> None:
         """Write configuration and parameters to an .npz file (see ``rnncore.load``)."""

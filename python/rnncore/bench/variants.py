@@ -40,6 +40,20 @@ def _agree(got, want):
     return bool(np.abs(got - want).max() <= 1e-3 * max(1.0, float(np.abs(want).max())))
 
 
+def _torch_call(torch, mod, xt, mode):
+    if mode == "inference":
+        def infer():
+            with torch.inference_mode():
+                mod(xt)
+        return infer
+    xg = xt.clone().requires_grad_(True)
+
+    def train():
+        y = mod(xg)
+        (y[0] if isinstance(y, tuple) else y).sum().backward()
+    return train
+
+
 def _torch_peers(torch, models, x, mode):
     """name -> (callable, outputs-or-None) for PyTorch's proj LSTM and LayerNorm LSTM (a Python loop)."""
     nn = torch.nn
@@ -90,17 +104,7 @@ def _torch_peers(torch, models, x, mode):
 
     calls = {}
     for name, (mod, ok) in out.items():
-        if mode == "inference":
-            def run(mod=mod):
-                with torch.inference_mode():
-                    mod(xt)
-        else:
-            xg = xt.clone().requires_grad_(True)
-
-            def run(mod=mod, xg=xg):
-                y = mod(xg)
-                (y[0] if isinstance(y, tuple) else y).sum().backward()
-        calls[name] = (run, ok)
+        calls[name] = (_torch_call(torch, mod, xt, mode), ok)
     return calls
 
 
