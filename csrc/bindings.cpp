@@ -18,6 +18,7 @@
 #include "dispatch.h"
 #include "driver.h"
 #include "microbench.h"
+#include "platform.h"
 #include "team.h"
 
 namespace py = pybind11;
@@ -152,25 +153,53 @@ py::array_t<T> empty(const std::vector<int64_t>& shape) {
 
 struct Config {
   Problem p;
+  CellSpec<double> cell;  // facts only (the kernels are the driver's business)
+  int num_params;         // the cell's, then W_hr when the layer projects
+  std::vector<ParamInfo> params;
   int gates;
-  bool has_c, has_b_hn;
+  bool has_c;
 };
 
-Config config(int cell, int64_t layers, int64_t dirs, int64_t T, int64_t N, int64_t D, int64_t H) {
-  if (cell < 0 || cell > 4) throw py::value_error("cell: unknown kind " + std::to_string(cell));
-  if (layers < 1 || (dirs != 1 && dirs != 2) || T < 1 || N < 0 || D < 1 || H < 1)
+CellSpec<double> cell_facts(int code) {
+  const CellSpec<double> c = code >= 0 ? kernels<double>(code).cell : CellSpec<double>{};
+  if (!c.name) throw py::value_error("cell: unknown code " + std::to_string(code));
+  return c;
+}
+
+Config config(int cell, int64_t layers, int64_t dirs, int64_t T, int64_t N, int64_t D, int64_t H, int64_t P) {
+  const CellSpec<double> spec = cell_facts(cell);
+  if (layers < 1 || (dirs != 1 && dirs != 2) || T < 1 || N < 0 || D < 1 || H < 1 || P < 0)
     throw py::value_error("invalid sizes");
-  const CellKind kind = CellKind(cell);
-  const int G = kind == CellKind::lstm ? 4 : (kind == CellKind::gru || kind == CellKind::gru_after) ? 3 : 1;
+  if (P > 0 && !spec.can_project) throw py::value_error(std::string("proj_size: the ") + spec.name + " cell has no projection");
+  if (P >= H) throw py::value_error("proj_size: must be below hidden_size");
+  const int G = spec.gates;
   // every count the BLAS sees is a 32-bit int, and (T + 1) * N rows of (G + 1) * H columns must fit
   const int64_t lim = int64_t(1) << 31;
-  const int64_t wide = std::max<int64_t>({D, dirs * H, (G + 1) * H});
+  const int64_t cache_row = (G + spec.extra_cols) * H + (spec.extra_scalars + 15) / 16 * 16;
+  const int64_t wide = std::max<int64_t>({D, dirs * H, (G + 1) * H, cache_row, (G + spec.grad_cols) * H});
   if ((T + 1) * N >= lim || wide >= lim || (T + 1) * N > (int64_t(1) << 62) / wide / 8)
     throw py::value_error("sizes too large: T=" + std::to_string(T) + ", N=" + std::to_string(N) +
                           ", D=" + std::to_string(D) + ", H=" + std::to_string(H));
-  return {Problem{kind, T, N, D, H, layers, dirs}, G, kind == CellKind::lstm, kind == CellKind::gru_after};
+  Config c{Problem{cell, T, N, D, H, layers, dirs, P}, spec, spec.num_params, {}, G, spec.has_c};
+  c.params.assign(spec.params, spec.params + spec.num_params);
+  if (P > 0) c.params.push_back(kProjection);
+  c.num_params = int(c.params.size());
+  return c;
 }
 
+// A parameter's shape for a layer of input size D.
+std::vector<int64_t> shape_of(const ParamInfo& info, int64_t D, int64_t H, int64_t R) {
+  std::vector<int64_t> s;
+  for (int k = 0; k < info.ndim; ++k) {
+    const Dim& d = info.dims[k];
+    const int64_t v = d.var == Var::D ? D : d.var == Var::H ? H : d.var == Var::R ? R : 1;
+    s.push_back(d.mult * v);
+  }
+  return s;
+}
+
+// Each entry of `weights` is a sequence of the layer's parameters in the cell's order (Config::params);
+// entries past those may be given as None.
 template <class T>
 std::vector<LayerParams<T>> params_of(const Config& c, const py::list& weights, std::vector<py::array_t<T>>& keep) {
   const Problem& p = c.p;
@@ -178,19 +207,17 @@ std::vector<LayerParams<T>> params_of(const Config& c, const py::list& weights, 
     throw py::value_error("weights: expected " + std::to_string(p.layers * p.dirs) + " entries");
   std::vector<LayerParams<T>> out;
   for (int64_t k = 0; k < p.layers * p.dirs; ++k) {
-    auto t = weights[k].cast<py::tuple>();
-    if (t.size() != 4) throw py::value_error("weights: each entry is (W_ih, W_hh, b, b_hn)");
-    const int64_t D = k < p.dirs ? p.D : p.dirs * p.H, GH = c.gates * p.H;
-    LayerParams<T> lp{};
-    keep.push_back(checked<T>(t[0], "W_ih", {GH, D}));
-    lp.W_ih = keep.back().data();
-    keep.push_back(checked<T>(t[1], "W_hh", {GH, p.H}));
-    lp.W_hh = keep.back().data();
-    keep.push_back(checked<T>(t[2], "b", {GH}));
-    lp.b = keep.back().data();
-    if (c.has_b_hn) {
-      keep.push_back(checked<T>(t[3], "b_hn", {p.H}));
-      lp.b_hn = keep.back().data();
+    auto t = weights[k].cast<py::sequence>();
+    std::string names;
+    for (const ParamInfo& info : c.params) names += std::string(names.empty() ? "" : ", ") + info.name;
+    if (int64_t(t.size()) < c.num_params) throw py::value_error("weights: each entry is (" + names + ")");
+    for (size_t q = size_t(c.num_params); q < t.size(); ++q)
+      if (!t[q].is_none()) throw py::value_error("weights: each entry is (" + names + "), then only None");
+    const int64_t D = k < p.dirs ? p.D : p.dirs * p.R();
+    LayerParams<T> lp;
+    for (int q = 0; q < c.num_params; ++q) {
+      keep.push_back(checked<T>(t[q], c.params[q].name, shape_of(c.params[q], D, p.H, p.R())));
+      lp.p[q] = keep.back().data();
     }
     out.push_back(lp);
   }
@@ -203,12 +230,12 @@ py::tuple forward_t(const Config& c, const py::list& weights, const py::array& x
   const Problem& p = c.p;
   std::vector<py::array_t<T>> keep;
   auto params = params_of<T>(c, weights, keep);
-  const std::vector<int64_t> state{p.layers * p.dirs, p.N, p.H};
+  const std::vector<int64_t> state{p.layers * p.dirs, p.N, p.R()}, cstate{p.layers * p.dirs, p.N, p.H};
   auto x = checked<T>(x_, "x", {p.T, p.N, p.D});
   auto h0 = checked<T>(h0_, "h0", state);
-  const T* c0 = c.has_c ? optional<T>(c0_, "c0", state, keep) : nullptr;
+  const T* c0 = c.has_c ? optional<T>(c0_, "c0", cstate, keep) : nullptr;
   if (c.has_c && !c0) throw py::value_error("c0: required for LSTM");
-  const T* masks = optional<T>(masks_, "masks", {p.layers - 1, p.T, p.N, p.dirs * p.H}, keep);
+  const T* masks = optional<T>(masks_, "masks", {p.layers - 1, p.T, p.N, p.dirs * p.R()}, keep);
   const int64_t* lengths = nullptr;
   py::array_t<int64_t> lens;
   if (!lengths_.is_none()) {
@@ -217,12 +244,12 @@ py::tuple forward_t(const Config& c, const py::list& weights, const py::array& x
       if (lens.data()[i] < 0 || lens.data()[i] > p.T) throw py::value_error("lengths: each must be in [0, T]");
     lengths = lens.data();
   }
-  auto y = empty<T>({p.T, p.N, p.dirs * p.H});
+  auto y = empty<T>({p.T, p.N, p.dirs * p.R()});
   auto h_n = empty<T>(state);
   py::object c_n = py::none();
   T* c_n_ptr = nullptr;
   if (c.has_c) {
-    auto a = empty<T>(state);
+    auto a = empty<T>(cstate);
     c_n_ptr = a.mutable_data();
     c_n = a;
   }
@@ -244,38 +271,37 @@ template <class T>
 py::tuple backward_t(const Tape<T>& tape, const py::list& weights, const py::object& masks_, const py::object& dy_,
                      const py::object& dh_n_, const py::object& dc_n_) {
   const Problem& p = tape.p;
-  const Config c = config(int(p.cell), p.layers, p.dirs, p.T, p.N, p.D, p.H);
+  const Config c = config(p.cell, p.layers, p.dirs, p.T, p.N, p.D, p.H, p.P);
   std::vector<py::array_t<T>> keep;
   auto params = params_of<T>(c, weights, keep);
-  const std::vector<int64_t> state{p.layers * p.dirs, p.N, p.H};
-  const T* masks = optional<T>(masks_, "masks", {p.layers - 1, p.T, p.N, p.dirs * p.H}, keep);
-  const T* dy = optional<T>(dy_, "dy", {p.T, p.N, p.dirs * p.H}, keep);
+  const std::vector<int64_t> state{p.layers * p.dirs, p.N, p.R()}, cstate{p.layers * p.dirs, p.N, p.H};
+  const T* masks = optional<T>(masks_, "masks", {p.layers - 1, p.T, p.N, p.dirs * p.R()}, keep);
+  const T* dy = optional<T>(dy_, "dy", {p.T, p.N, p.dirs * p.R()}, keep);
   const T* dh_n = optional<T>(dh_n_, "dh_n", state, keep);
-  const T* dc_n = c.has_c ? optional<T>(dc_n_, "dc_n", state, keep) : nullptr;
+  const T* dc_n = c.has_c ? optional<T>(dc_n_, "dc_n", cstate, keep) : nullptr;
 
   auto dx = empty<T>({p.T, p.N, p.D});
   auto dh0 = empty<T>(state);
   py::object dc0 = py::none();
   T* dc0_ptr = nullptr;
   if (c.has_c) {
-    auto a = empty<T>(state);
+    auto a = empty<T>(cstate);
     dc0_ptr = a.mutable_data();
     dc0 = a;
   }
   py::list grads_out;
   std::vector<LayerGrads<T>> grads;
   for (int64_t k = 0; k < p.layers * p.dirs; ++k) {
-    const int64_t D = k < p.dirs ? p.D : p.dirs * p.H, GH = c.gates * p.H;
-    auto gW = empty<T>({GH, D}), gR = empty<T>({GH, p.H}), gb = empty<T>({GH});
-    py::object gbhn = py::none();
-    LayerGrads<T> lg{gW.mutable_data(), gR.mutable_data(), gb.mutable_data(), nullptr};
-    if (c.has_b_hn) {
-      auto a = empty<T>({p.H});
-      lg.b_hn = a.mutable_data();
-      gbhn = a;
+    const int64_t D = k < p.dirs ? p.D : p.dirs * p.R();
+    LayerGrads<T> lg;
+    py::tuple out(c.num_params);
+    for (int q = 0; q < c.num_params; ++q) {
+      auto a = empty<T>(shape_of(c.params[q], D, p.H, p.R()));
+      lg.p[q] = a.mutable_data();
+      out[q] = a;
     }
     grads.push_back(lg);
-    grads_out.append(py::make_tuple(gW, gR, gb, gbhn));
+    grads_out.append(out);
   }
   run_released([&] {
     backward<T>(tape, params.data(), masks, dy, dh_n, dc_n, dx.mutable_data(), dh0.mutable_data(), dc0_ptr,
@@ -295,16 +321,27 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "forward",
       [](int cell, int64_t layers, int64_t dirs, const py::list& weights, const py::array& x, const py::array& h0,
-         const py::object& c0, const py::object& lengths, const py::object& masks, bool train) {
+         const py::object& c0, const py::object& lengths, const py::object& masks, bool train, int64_t hidden_size) {
         if (x.ndim() != 3) throw py::value_error("x: expected 3 dimensions");
         if (h0.ndim() != 3) throw py::value_error("h0: expected 3 dimensions");
-        const Config c = config(cell, layers, dirs, x.shape(0), x.shape(1), x.shape(2), h0.shape(2));
+        // h0 is (layers * dirs, N, R): its last dimension is the hidden size, or the projection's
+        const int64_t H = hidden_size > 0 ? hidden_size : h0.shape(2), P = hidden_size > 0 ? h0.shape(2) : 0;
+        const Config c = config(cell, layers, dirs, x.shape(0), x.shape(1), x.shape(2), H, P == H ? 0 : P);
         if (has_dtype<float>(x)) return forward_t<float>(c, weights, x, h0, c0, lengths, masks, train);
         if (has_dtype<double>(x)) return forward_t<double>(c, weights, x, h0, c0, lengths, masks, train);
         throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
       },
       py::arg("cell"), py::arg("layers"), py::arg("dirs"), py::arg("weights"), py::arg("x"), py::arg("h0"),
-      py::arg("c0"), py::arg("lengths"), py::arg("masks"), py::arg("train"));
+      py::arg("c0"), py::arg("lengths"), py::arg("masks"), py::arg("train"), py::arg("hidden_size") = 0,
+      "forward(cell, layers, dirs, weights, x, h0, c0, lengths, masks, train, hidden_size=0) -> (y, h_n, c_n, tape)\n\n"
+      "The whole network over the sequence. cell: a code of cell_info(); weights: per layer and direction, "
+      "the cell's parameters in its order (cell_info()[name]['params'], then W_hr when projecting), more "
+      "entries only None; x (T, N, D), h0 (layers * dirs, N, R) and c0 (layers * dirs, N, H) of one dtype, "
+      "float32 or float64, C-contiguous; hidden_size H (0: R, no projection; else h0's R < H is the "
+      "projection's size); lengths (N,) int64 or None; masks (layers - 1, T, N, dirs * R) dropout masks or "
+      "None. Returns y (T, N, dirs * R), h_n, c_n (None but for the LSTM cells) and a Tape when train is "
+      "true (else None). Arguments are checked only as far as memory safety needs: rnncore.models checks "
+      "them for users.");
 
   m.def(
       "backward",
@@ -314,15 +351,60 @@ PYBIND11_MODULE(_core, m) {
         if (t.d) return backward_t<double>(*t.d, weights, masks, dy, dh_n, dc_n);
         throw py::value_error("tape: empty");
       },
-      py::arg("tape"), py::arg("weights"), py::arg("masks"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"));
+      py::arg("tape"), py::arg("weights"), py::arg("masks"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+      "backward(tape, weights, masks, dy, dh_n, dc_n) -> (dx, dh0, dc0, grads)\n\n"
+      "Backpropagation through time of the forward that made tape, with the same weights and masks. "
+      "dy (T, N, dirs * H), dh_n and dc_n (layers * dirs, N, H) may each be None (zero). Returns dx, "
+      "dh0, dc0 (None but for the LSTM) and per layer and direction (dW_ih, dW_hh, db, db_hn or None).");
+
+  m.def(
+      "cell_info",
+      [] {
+        // What each cell is, from its kernel struct (cells/*.h), in the order of the codes.
+        py::dict out;
+        const char* vars[] = {"1", "D", "H", "R"};
+        const char* inits[] = {"uniform", "ones", "zeros"};
+        auto param = [&](const ParamInfo& info) {
+          py::list shape;
+          for (int k = 0; k < info.ndim; ++k)
+            shape.append(py::make_tuple(info.dims[k].mult, vars[int(info.dims[k].var)]));
+          py::dict d;
+          d["name"] = info.name;
+          d["shape"] = py::tuple(shape);
+          d["init"] = inits[int(info.init)];
+          return d;
+        };
+        for (int code = 0;; ++code) {
+          const CellSpec<double> c = kernels<double>(code).cell;
+          if (!c.name) break;
+          py::dict d;
+          d["code"] = code;
+          d["gates"] = c.gates;
+          d["states"] = c.has_c ? py::tuple(py::make_tuple("h", "c")) : py::tuple(py::make_tuple("h"));
+          py::list params;
+          for (int k = 0; k < c.num_params; ++k) params.append(param(c.params[k]));
+          d["params"] = params;
+          d["projection"] = c.can_project ? py::object(param(kProjection)) : py::object(py::none());
+          d["torch"] = c.torch;
+          d["keras"] = c.keras;
+          d["onnx"] = c.onnx;
+          out[c.name] = d;
+        }
+        return out;
+      },
+      "name -> what the cell is: code, gates, states, params (name, shape as (mult, var) pairs with var "
+      "'1', 'D', 'H' or 'R' (the size of h), init), projection (W_hr's entry, or None), and the names of "
+      "its PyTorch, Keras and ONNX counterparts ('' for none)");
 
   // rnncore runs its own threads (team.h); the BLAS works single-threaded inside them. The team
   // starts as large as the BLAS would have been (OPENBLAS_NUM_THREADS or cores).
   set_team_size(blas_get_num_threads());
   blas_set_num_threads(1);
   g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<int64_t>();
-  m.def("set_num_threads", &set_team_size, py::arg("n"));
-  m.def("get_num_threads", &team_size);
+  m.def("set_num_threads", &set_team_size, py::arg("n"),
+        "Threads of rnncore's team for the calls from now on (1 to MAX_THREADS; unchecked here: "
+        "rnncore.set_num_threads checks it).");
+  m.def("get_num_threads", &team_size, "Threads of rnncore's team.");
   m.attr("MAX_THREADS") = kMaxThreads;
   m.def("packed_bytes_of_last_call", &packed_bytes_of_last_call,
         "bytes of the packed weights (W_hh slices, W_ih) the calling thread's last forward or backward held");
@@ -342,13 +424,13 @@ PYBIND11_MODULE(_core, m) {
     d["moves"] = t.moves;
     d["workers"] = t.workers;
     return d;
-  });
-  m.def("blas_corename", &blas_corename);
-  m.def("blas_config", &blas_config);
+  }, "Counters of the team since the process started (rnncore.team_stats explains them).");
+  m.def("blas_corename", &blas_corename, "OpenBLAS's kernel family on this CPU (openblas_get_corename).");
+  m.def("blas_config", &blas_config, "OpenBLAS's build configuration string (openblas_get_config).");
   m.def("kernel_isa", &kernel_isa, "instruction-set build of the pointwise kernels in use");
 }
 
 // For threadpoolctl (rnncore/_threadpool.py): the team's size, read and set through the library
 // file like any native thread pool.
-extern "C" __attribute__((visibility("default"))) int rnncore_get_num_threads() { return team_size(); }
-extern "C" __attribute__((visibility("default"))) void rnncore_set_num_threads(int n) { set_team_size(n); }
+extern "C" RNNCORE_EXPORT int rnncore_get_num_threads() { return team_size(); }
+extern "C" RNNCORE_EXPORT void rnncore_set_num_threads(int n) { set_team_size(n); }

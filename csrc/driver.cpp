@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <stdexcept>
 #include <system_error>
 #include <cstdlib>
 
-#if defined(__x86_64__) || defined(__i386__)
+#include "platform.h"
+#if RNNCORE_X86
 #include <xmmintrin.h>
 #endif
 
@@ -20,7 +22,7 @@ namespace rnncore {
 // slower, measured), so the time loops compute with flush-to-zero and denormals-are-zero, on the
 // calling thread and (taking its mode) on the team's, and give the caller's control word back.
 class FlushSubnormals {
-#if defined(__x86_64__) || defined(__i386__)
+#if RNNCORE_X86
   static constexpr unsigned kFtzDaz = 0x8040;  // MXCSR bits FTZ (15) and DAZ (6)
   unsigned saved_ = _mm_getcsr();
 
@@ -68,7 +70,7 @@ template <class T>
 int64_t Tape<T>::bytes() const {
   int64_t n = 0;
   for (const auto& b : inputs) n += b.size();
-  for (const auto& d : dirs) n += d.hs.size() + d.cs.size() + d.cache.size();
+  for (const auto& d : dirs) n += d.hs.size() + d.cs.size() + d.cache.size() + d.ms.size();
   return n * int64_t(sizeof(T));
 }
 
@@ -127,13 +129,6 @@ template <class T>
 void final_state(const Schedule& S, const T* slots, int64_t H, T* dst) {
   for (int64_t i = 0; i < S.N; ++i)
     std::memcpy(dst + S.perm[i] * H, slots + (S.O[S.len[i]] + i) * H, size_t(H) * sizeof(T));
-}
-
-template <class T>
-void column_sums(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
-  zero(out, cols);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
 }
 
 // The largest packed copy of the weights (W_hh slices, W_ih) that this thread's last forward or
@@ -195,6 +190,7 @@ void team_gemm(int threads, bool ta, bool tb, int64_t M, int64_t N, int64_t K, c
 struct Split {
   int rows = 1, cols = 1;
   std::vector<int64_t> row_cut{0, 0}, unit_cut{0, 0};
+  std::vector<int64_t> out_cut{0, 0};  // a projecting layer's h (P wide): slice c owns [out_cut[c], out_cut[c+1])
   int items() const { return rows * cols; }
 };
 
@@ -203,11 +199,12 @@ constexpr int64_t kMinRows = 8;  // a row group's GEMM below this loses more tha
 // The rule: slices first, as many as threads while each keeps at least one panel of the step
 // GEMM (`align` units: 32 for float with AVX-512), then row groups of at least kMinRows rows for
 // the threads left (README, "How it is built": chosen by timing both splits on 2 cores).
-Split plan_split(const Schedule& S, int64_t H, int threads, bool single_step, int64_t align) {
+Split plan_split(const Schedule& S, int64_t H, int64_t P, int threads, bool single_step, int64_t align,
+                 bool whole_rows) {
   Split sp;
   const int64_t N = S.N;
   if (!single_step && threads > 1 && N > 0) {
-    const int max_cols = int(std::max<int64_t>(1, H / align));
+    const int max_cols = whole_rows ? 1 : int(std::max<int64_t>(1, H / align));
     const int max_rows = int(std::max<int64_t>(1, N / kMinRows));
     sp.cols = std::min(threads, max_cols);
     sp.rows = std::max(1, std::min(threads / sp.cols, max_rows));
@@ -225,6 +222,9 @@ Split plan_split(const Schedule& S, int64_t H, int threads, bool single_step, in
   sp.unit_cut.assign(sp.cols + 1, H);
   const int64_t blocks = (H + align - 1) / align;
   for (int c = 0; c < sp.cols; ++c) sp.unit_cut[c] = std::min(H, blocks * c / sp.cols * align);
+  sp.out_cut.assign(sp.cols + 1, P);
+  const int64_t pblocks = (P + align - 1) / align;
+  for (int c = 0; c < sp.cols; ++c) sp.out_cut[c] = std::min(P, pblocks * c / sp.cols * align);
   return sp;
 }
 
@@ -237,8 +237,20 @@ struct Layer {  // one layer and direction, as the time loops see it
   int64_t D, H;
   int d;
   int threads;
+  int64_t R;  // the size of h: H, or the projection's P
+  bool projects() const { return R != H; }
+  const T* W_hr() const { return w.p[cell.num_params]; }  // (R, H), when projecting
   int64_t G() const { return cell.gates * H; }
-  int64_t W() const { return (cell.gates + cell.extra_cols) * H; }
+  int64_t W() const {  // cache row
+    return (cell.gates + cell.extra_cols) * H + (cell.extra_scalars + 15) / 16 * 16;
+  }
+  int64_t ldd() const { return (cell.gates + cell.grad_cols) * H; }      // gradient row
+  const T* W_ih() const { return w.p[0]; }
+  const T* W_hh() const { return w.p[1]; }
+  // the parameters as a step of a slice sees them: advanced to its first unit
+  void slice_params(int64_t j0, Step<T>& st) const {
+    for (int k = 0; k < cell.num_params; ++k) st.p[k] = w.p[k] ? w.p[k] + j0 : nullptr;
+  }
   int64_t block_rows(int k) const { return cell.blocks[k].row1 - cell.blocks[k].row0; }
   // A call of one step (the cell API, streaming step by step) is about latency: its products
   // with the weights use dot-product kernels on the weights as they are, with no packing and no
@@ -253,6 +265,31 @@ struct Layer {  // one layer and direction, as the time loops see it
   }
 };
 
+// The hooks' view of every step (step.h, AllSteps): the schedule and the parameters.
+template <class T>
+void fill_steps(const Layer<T>& L, AllSteps<T>& a) {
+  a.steps = L.S.T;
+  a.H = L.H;
+  a.R = L.S.O[L.S.T];
+  a.O = L.S.O.data();
+  a.B = L.S.B.data();
+  for (int k = 0; k < L.cell.num_params; ++k) a.p[k] = L.w.p[k];
+}
+
+// A row-wise hook over the team: rows [0, R) in shares of whole 8-row groups.
+template <class T>
+void run_rowwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), AllSteps<T> a) {
+  const int64_t R = a.R;
+  const int items = int(std::max<int64_t>(1, std::min<int64_t>(L.threads, R / 16)));
+  if (!run_stages(L.threads, items, 1, [&](int it, int64_t) {
+        AllSteps<T> mine = a;
+        mine.r0 = std::min(R, (R * it / items + 7) / 8 * 8);
+        mine.r1 = it + 1 == items ? R : std::min(R, (R * (it + 1) / items + 7) / 8 * 8);
+        hook(mine);
+      }))
+    throw Interrupted();
+}
+
 // W_hh packed by slice, for each block k and slice c. Forward: B = the block's rows of the
 // slice's units, transposed (K = H, columns gate-major, then unit). Backward: B = the block's
 // rows, the slice's columns (K = rows of the block, columns = units).
@@ -261,7 +298,15 @@ struct PackedSlices {
   Buffer<T> buf;
   std::vector<int64_t> off;     // k * cols + c
   std::vector<int64_t> ih_off;  // (c * gates + q): W_ih's rows of gate q of slice c, transposed
+  std::vector<int64_t> hr_off;  // c: W_hr's slice c, when projecting
   int cols = 1, gates = 1;
+  // the columns of W_hh that backward's slice c owns: its units, or its part of h when projecting
+  static int64_t bwd_col0(const Layer<T>& L, const Split& sp, int c) {
+    return L.projects() ? sp.out_cut[c] : sp.unit_cut[c];
+  }
+  static int64_t bwd_cols(const Layer<T>& L, const Split& sp, int c) {
+    return L.projects() ? sp.out_cut[c + 1] - sp.out_cut[c] : sp.unit_cut[c + 1] - sp.unit_cut[c];
+  }
   PackedSlices(const Layer<T>& L, const Split& sp, bool fwd, bool with_ih = false)
       : cols(sp.cols), gates(L.cell.gates) {
     if (L.single_step()) return;
@@ -270,7 +315,13 @@ struct PackedSlices {
       for (int c = 0; c < sp.cols; ++c) {
         off.push_back(total);
         const int64_t w = sp.unit_cut[c + 1] - sp.unit_cut[c], rows = L.block_rows(k) * L.H;
-        total += fwd ? L.step.packed_size(L.H, L.block_rows(k) * w) : L.step.packed_size(rows, w);
+        total += fwd ? L.step.packed_size(L.R, L.block_rows(k) * w) : L.step.packed_size(rows, bwd_cols(L, sp, c));
+      }
+    if (L.projects())
+      for (int c = 0; c < sp.cols; ++c) {
+        hr_off.push_back(total);
+        total += fwd ? L.step.packed_size(L.H, sp.out_cut[c + 1] - sp.out_cut[c])
+                     : L.step.packed_size(L.R, sp.unit_cut[c + 1] - sp.unit_cut[c]);
       }
     if (with_ih)
       for (int c = 0; c < sp.cols; ++c)
@@ -282,17 +333,26 @@ struct PackedSlices {
   }
   T* at(int k, int c) const { return buf.data() ? buf.data() + off[k * cols + c] : nullptr; }
   T* ih(int c, int q) const { return buf.data() + ih_off[c * gates + q]; }
+  T* hr(int c) const { return buf.data() ? buf.data() + hr_off[c] : nullptr; }
   void pack(const Layer<T>& L, const Split& sp, bool fwd, int c) const {
-    const int64_t H = L.H, j0 = sp.unit_cut[c], w = sp.unit_cut[c + 1] - j0;
+    const int64_t H = L.H, R = L.R, j0 = sp.unit_cut[c], w = sp.unit_cut[c + 1] - j0;
     for (int k = 0; k < L.cell.num_blocks; ++k) {
-      const T* rows = L.w.W_hh + L.cell.blocks[k].row0 * H * H;
+      const T* rows = L.W_hh() + L.cell.blocks[k].row0 * H * R;
+      const int64_t c0 = bwd_col0(L, sp, c), cw = bwd_cols(L, sp, c);
       if (fwd)
-        L.step.pack(rows + j0 * H, H, true, H, L.block_rows(k) * w, w, H, at(k, c));
-      else
-        L.step.pack(rows + j0, H, false, L.block_rows(k) * H, w, w, w, at(k, c));
+        L.step.pack(rows + j0 * R, R, true, R, L.block_rows(k) * w, w, H, at(k, c));
+      else if (cw > 0)
+        L.step.pack(rows + c0, R, false, L.block_rows(k) * H, cw, cw, cw, at(k, c));
+    }
+    if (L.projects()) {  // forward: h's part p = m W_hr[p]^T; backward: dm's units = dh W_hr[:, units]
+      const int64_t p0 = sp.out_cut[c], pw = sp.out_cut[c + 1] - p0;
+      if (fwd && pw > 0)
+        L.step.pack(L.W_hr() + p0 * H, H, true, H, pw, pw, 0, hr(c));
+      else if (!fwd)
+        L.step.pack(L.W_hr() + j0, H, false, R, w, w, w, hr(c));
     }
     if (!ih_off.empty())
-      for (int q = 0; q < gates; ++q) L.step.pack(L.w.W_ih + (q * H + j0) * L.D, L.D, true, L.D, w, w, 0, ih(c, q));
+      for (int q = 0; q < gates; ++q) L.step.pack(L.W_ih() + (q * H + j0) * L.D, L.D, true, L.D, w, w, 0, ih(c, q));
   }
 };
 
@@ -350,7 +410,7 @@ void project(const Layer<T>& L, const T* x, int64_t R, T* g, int64_t ldg) {
         if (stage == 0) {  // panels [p0, p1): columns [p0 * NW, p1 * NW)
           const int64_t p0 = panels * it / items, p1 = panels * (it + 1) / items;
           const int64_t c0 = p0 * NW, c1 = std::min(G, p1 * NW);
-          if (c1 > c0) L.step.pack(L.w.W_ih + c0 * D, D, true, D, c1 - c0, c1 - c0, 0, Bp.data() + p0 * D * NW);
+          if (c1 > c0) L.step.pack(L.W_ih() + c0 * D, D, true, D, c1 - c0, c1 - c0, 0, Bp.data() + p0 * D * NW);
           return;
         }
         const int64_t s0 = std::min(R, (stage - 1) * srows), s1 = std::min(R, s0 + srows);
@@ -366,44 +426,72 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
                  T* h_n, T* c_n, typename Tape<T>::Dir* keep) {
   const Schedule& S = L.S;
   const CellSpec<T>& cell = L.cell;
-  const int64_t H = L.H, G = L.G(), W = L.W(), R = S.O[S.T];
+  const int64_t H = L.H, Rh = L.R, G = L.G(), W = L.W(), R = S.O[S.T];
+  const bool proj = L.projects();
 
-  Buffer<T> xbuf, gbuf, hbuf, cbuf;
+  Buffer<T> xbuf, gbuf, hbuf, cbuf, mbuf;
   const T* xp = L.slot_input(in, xbuf);
-  const bool fused = !L.single_step() && !train && S.N >= kFuseRows;
+  // (not for a cell that works on the projection of every step first: LayerNorm's)
+  const bool fused = !L.single_step() && !train && S.N >= kFuseRows && !cell.project_done;
   gbuf = Buffer<T>((fused && !train ? S.N : R) * W);  // one slot: the projection in the loop, inference
-  hbuf = Buffer<T>(S.O[S.T + 1] * H);
+  hbuf = Buffer<T>(S.O[S.T + 1] * Rh);
   const bool c_slots = train;  // backward needs every c; inference updates one (N, H) in place
   if (cell.has_c) cbuf = Buffer<T>(c_slots ? S.O[S.T + 1] * H : S.N * H);
+  // A projecting layer's cell writes m (H wide), which the projection turns into h: every step's
+  // (in g's slot rows) when training, else one step's.
+  if (proj) mbuf = Buffer<T>(train ? R * H : S.N * H);
   Buffer<T> rec(S.N * G);
   T* g = gbuf.data();
   T* hs = hbuf.data();
   T* cs = cbuf.data();
+  T* ms = mbuf.data();
+  auto mrow = [&](int64_t s, int64_t i) { return ms + ((train ? S.O[s] : 0) + i) * H; };
 
   // input projection of every step: one GEMM (or inside the loop, step by step)
   if (L.single_step())
-    L.step.gemm_nt(R, L.D, G, xp, L.D, L.w.W_ih, L.D, false, g, W);
+    L.step.gemm_nt(R, L.D, G, xp, L.D, L.W_ih(), L.D, false, g, W);
   else if (!fused)
     project(L, xp, R, g, W);
+  if (cell.project_done) {
+    AllSteps<T> a;
+    fill_steps(L, a);
+    a.g = g;
+    a.ldg = W;
+    run_rowwise(L, cell.project_done, a);
+  }
   auto gslot = [&](int64_t s) { return fused && !train ? g : g + S.O[s] * W; };
   if (!(fused && !train))
     for (int64_t s = 0; s < S.T; ++s) zero(g + (S.O[s] + S.B[s]) * W, (S.slot_rows(s) - S.B[s]) * W);
-  permute_in(S, h0, H, hs);
+  if (proj && train)
+    for (int64_t s = 0; s < S.T; ++s) zero(ms + (S.O[s] + S.B[s]) * H, (S.slot_rows(s) - S.B[s]) * H);
+  permute_in(S, h0, Rh, hs);
   if (cell.has_c) permute_in(S, c0, H, cs);
 
-  const Split sp = plan_split(S, H, L.threads, L.single_step(), L.step.packed_size(1, 1));
+  const Split sp = plan_split(S, H, proj ? Rh : 0, L.threads, L.single_step(), L.step.packed_size(1, 1),
+                              cell.whole_rows);
   const PackedSlices<T> packed(L, sp, true, fused);
   note_packed(packed.buf.size() * int64_t(sizeof(T)));
-  const int nb = cell.num_blocks;
+  const int nb = cell.num_blocks, per_step = nb + (proj ? 1 : 0);
 
-  // stage s * nb + k: block k's GEMM of step s and the cell's phase k, for one item
-  run_time_loop(L, sp, packed, true, S.T * nb, [&](const Place& pl, int64_t stage) {
-    const int64_t s = stage / nb;
-    const int k = int(stage % nb);
+  // stage s * per_step + k: block k's GEMM of step s and the cell's phase k, for one item; then,
+  // when projecting, the item's part of h = m W_hr^T
+  run_time_loop(L, sp, packed, true, S.T * per_step, [&](const Place& pl, int64_t stage) {
+    const int64_t s = stage / per_step;
+    const int k = int(stage % per_step);
     const int c = pl.c;
     const int64_t i0 = pl.i0, i1 = pl.i1, j0 = pl.j0, w = pl.w;
     const int64_t m = std::min(S.B[s], i1) - i0;
     if (m <= 0) return;
+    if (k == nb) {  // the projection
+      const int64_t p0 = sp.out_cut[c], pw = sp.out_cut[c + 1] - p0;
+      T* out = hs + (S.O[s + 1] + i0) * Rh + p0;
+      if (pw <= 0) return;
+      if (const T* B = packed.hr(c))
+        L.step.gemm(m, H, pw, mrow(s, i0), H, B, false, out, Rh);
+      else
+        L.step.gemm_nt(m, H, pw, mrow(s, i0), H, L.W_hr() + p0 * H, H, false, out, Rh);
+      return;
+    }
     T* rec_it = rec.data() + i0 * G + (i1 - i0) * cell.gates * j0;
     const int64_t ldr = cell.gates * w;
     const Block& bk = cell.blocks[k];
@@ -411,13 +499,13 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     if (fused && k == 0)
       for (int q = 0; q < cell.gates; ++q)
         L.step.gemm(m, L.D, w, xp + (S.O[s] + i0) * L.D, L.D, packed.ih(c, q), false, g_rows + q * H + j0, W);
-    const T* op = bk.op_col < 0 ? hs + (S.O[s] + i0) * H : g_rows + bk.op_col * H;
-    const int64_t ld = bk.op_col < 0 ? H : W;
+    const T* op = bk.op_col < 0 ? hs + (S.O[s] + i0) * Rh : g_rows + bk.op_col * H;
+    const int64_t ld = bk.op_col < 0 ? Rh : W;
     if (const T* B = packed.at(k, c)) {
-      L.step.gemm(m, H, L.block_rows(k) * w, op, ld, B, false, rec_it + bk.row0 * w, ldr);
+      L.step.gemm(m, Rh, L.block_rows(k) * w, op, ld, B, false, rec_it + bk.row0 * w, ldr);
     } else {
       for (int q = bk.row0; q < bk.row1; ++q)
-        L.step.gemm_nt(m, H, w, op, ld, L.w.W_hh + (q * H + j0) * H, H, false, rec_it + q * w, ldr);
+        L.step.gemm_nt(m, Rh, w, op, ld, L.W_hh() + (q * H + j0) * Rh, Rh, false, rec_it + q * w, ldr);
     }
     Step<T> st;
     st.m = m;
@@ -427,10 +515,13 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     st.ldg = W;
     st.rec = rec_it;
     st.rs = w;
-    st.b = L.w.b + j0;
-    st.b_hn = L.w.b_hn ? L.w.b_hn + j0 : nullptr;
-    st.h_prev = hs + (S.O[s] + i0) * H + j0;
-    st.h = hs + (S.O[s + 1] + i0) * H + j0;
+    L.slice_params(j0, st);
+    if (proj) {  // a projecting cell reads no h_prev (its h_prev enters only through W_hh)
+      st.h = mrow(s, i0) + j0;
+    } else {
+      st.h_prev = hs + (S.O[s] + i0) * H + j0;
+      st.h = hs + (S.O[s + 1] + i0) * H + j0;
+    }
     if (cell.has_c) {
       st.c_prev = cs + ((c_slots ? S.O[s] : 0) + i0) * H + j0;
       st.c = cs + ((c_slots ? S.O[s + 1] : 0) + i0) * H + j0;
@@ -438,8 +529,8 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     cell.forward(k, st);
   });
 
-  scatter(S, L.d, hs, H, 1, y + L.d * H, y_ld, false);
-  final_state(S, hs, H, h_n);
+  scatter(S, L.d, hs, Rh, 1, y + L.d * Rh, y_ld, false);
+  final_state(S, hs, Rh, h_n);
   if (cell.has_c) {
     if (c_slots)
       final_state(S, cs, H, c_n);
@@ -449,6 +540,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
   if (keep) {
     keep->hs = std::move(hbuf);
     keep->cs = std::move(cbuf);
+    keep->ms = std::move(mbuf);
     if (cell.keeps_cache) keep->cache = std::move(gbuf);
   }
 }
@@ -458,110 +550,181 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
                   const T* dh_n, const T* dc_n, T* dx, T* dh0, T* dc0, const LayerGrads<T>& gr) {
   const Schedule& S = L.S;
   const CellSpec<T>& cell = L.cell;
-  const int64_t H = L.H, G = L.G(), W = L.W(), R = S.O[S.T];
+  const int64_t H = L.H, Rh = L.R, G = L.G(), W = L.W(), R = S.O[S.T];
+  const bool proj = L.projects();
   const T* hs = kept.hs.data();
   const T* cs = kept.cs.data();
   const T* g = kept.cache.data();
+  const T* ms = kept.ms.data();
 
   // upstream output gradient in slot layout
   Buffer<T> dybuf;
   const T* dyp = dy;  // used as it is when the slots are its natural rows
-  if (!(dy && S.natural && L.d == 0 && dy_ld == H)) {
-    dybuf = Buffer<T>(R * H);
+  if (!(dy && S.natural && L.d == 0 && dy_ld == Rh)) {
+    dybuf = Buffer<T>(R * Rh);
     if (dy)
-      gather(S, L.d, dy + L.d * H, dy_ld, H, dybuf.data());
+      gather(S, L.d, dy + L.d * Rh, dy_ld, Rh, dybuf.data());
     else
-      zero(dybuf.data(), R * H);
+      zero(dybuf.data(), R * Rh);
     dyp = dybuf.data();
   }
-  Buffer<T> dGbuf(R * G), dRbuf(cell.separate_rec_grad ? R * G : 0);
+  const int64_t ldd = L.ldd();
+  Buffer<T> dGbuf(R * ldd), dRbuf(cell.separate_rec_grad ? R * ldd : 0);
   T* dG = dGbuf.data();
   T* dR = cell.separate_rec_grad ? dRbuf.data() : dG;
   for (int64_t s = 0; s < S.T; ++s) {
     const int64_t dead = S.slot_rows(s) - S.B[s];
-    zero(dG + (S.O[s] + S.B[s]) * G, dead * G);
-    if (dR != dG) zero(dR + (S.O[s] + S.B[s]) * G, dead * G);
+    zero(dG + (S.O[s] + S.B[s]) * ldd, dead * ldd);
+    if (dR != dG) zero(dR + (S.O[s] + S.B[s]) * ldd, dead * ldd);
   }
-  Buffer<T> dH(S.N * H), dC(cell.has_c ? S.N * H : 0), dop(S.N * H);
-  permute_in(S, dh_n, H, dH.data());
+  Buffer<T> dH(S.N * Rh), dC(cell.has_c ? S.N * H : 0), dop(S.N * H);
+  permute_in(S, dh_n, Rh, dH.data());
   if (cell.has_c) permute_in(S, dc_n, H, dC.data());
+  // A projecting layer: the gradient of h at every step (dh carried plus dy, g's slot rows) for
+  // dW_hr, the gradient of m at one step, and no dy for the cell (it is in dm).
+  Buffer<T> dHT(proj ? R * Rh : 0), dm(proj ? S.N * H : 0), nody(proj ? S.N * H : 0);
+  if (proj) {
+    zero(nody.data(), S.N * H);
+    for (int64_t s = 0; s < S.T; ++s) zero(dHT.data() + (S.O[s] + S.B[s]) * Rh, (S.slot_rows(s) - S.B[s]) * Rh);
+  }
 
-  const Split sp = plan_split(S, H, L.threads, L.single_step(), L.step.packed_size(1, 1));
+  const Split sp = plan_split(S, H, proj ? Rh : 0, L.threads, L.single_step(), L.step.packed_size(1, 1),
+                              cell.whole_rows);
   const PackedSlices<T> packed(L, sp, false);
   note_packed(packed.buf.size() * int64_t(sizeof(T)));
   const int nb = cell.num_blocks;
+  if (proj && nb != 1) throw std::logic_error("a projecting cell has one recurrent GEMM");
   const int64_t pairs = S.T * nb;
 
-  // Pair p = (step s, block k), steps from the last, blocks in reverse: the cell's backward phase
-  // k on the item's units, then (next stage, once every unit's gate gradients are there) block
-  // k's GEMM into the item's units of d h_prev or of the extra operand.
-  auto pair_of = [&](int64_t p, int64_t& s, int& k) {
-    s = S.T - 1 - p / nb;
-    k = nb - 1 - int(p % nb);
-  };
-  run_time_loop(L, sp, packed, false, pairs + 1, [&](const Place& pl, int64_t stage) {
-    const int c = pl.c;
-    const int64_t i0 = pl.i0, i1 = pl.i1, j0 = pl.j0, w = pl.w;
-    int64_t s;
-    int k;
-    if (stage > 0) {  // the previous pair's GEMM
-      pair_of(stage - 1, s, k);
-      const int64_t m = std::min(S.B[s], i1) - i0;
-      if (m > 0) {
-        const Block& bk = cell.blocks[k];
-        const bool to_h = bk.op_col < 0;  // d h_prev accumulates; the extra operand's gradient is fresh
-        T* out = (to_h ? dH.data() : dop.data()) + i0 * H + j0;
-        const T* dgates = dR + (S.O[s] + i0) * G + bk.row0 * H;
-        if (const T* B = packed.at(k, c))
-          L.step.gemm(m, L.block_rows(k) * H, w, dgates, G, B, to_h, out, H);
-        else
-          L.step.gemm_nn(m, L.block_rows(k) * H, w, dgates, G, L.w.W_hh + bk.row0 * H * H + j0, H, to_h, out, H);
-      }
-    }
-    if (stage == pairs) return;
-    pair_of(stage, s, k);
-    const int64_t m = std::min(S.B[s], i1) - i0;
-    if (m <= 0) return;
+  // The cell's backward phase k of step s, on one item's rows and units.
+  auto cell_backward = [&](const Place& pl, int64_t s, int k, int64_t m) {
+    const int64_t i0 = pl.i0, j0 = pl.j0;
     Step<T> st;
     st.m = m;
-    st.n = w;
+    st.n = pl.w;
     st.H = H;
     st.ldg = W;
     st.g = const_cast<T*>(g) + (S.O[s] + i0) * W + j0;  // read only in backward
-    st.h_prev = hs + (S.O[s] + i0) * H + j0;
-    st.h = const_cast<T*>(hs) + (S.O[s + 1] + i0) * H + j0;
+    if (!proj) {
+      st.h_prev = hs + (S.O[s] + i0) * H + j0;
+      st.h = const_cast<T*>(hs) + (S.O[s + 1] + i0) * H + j0;
+    }
     if (cell.has_c) {
       st.c_prev = cs + (S.O[s] + i0) * H + j0;
       st.c = const_cast<T*>(cs) + (S.O[s + 1] + i0) * H + j0;
       st.dc = dC.data() + i0 * H + j0;
     }
-    st.dy = dyp + (S.O[s] + i0) * H + j0;
-    st.dg = dG + (S.O[s] + i0) * G + j0;
-    st.drec = dR + (S.O[s] + i0) * G + j0;
-    st.dh = dH.data() + i0 * H + j0;
+    st.dy = proj ? nody.data() + i0 * H + j0 : dyp + (S.O[s] + i0) * H + j0;
+    st.dg = dG + (S.O[s] + i0) * ldd + j0;
+    st.drec = dR + (S.O[s] + i0) * ldd + j0;
+    st.ldd = ldd;
+    st.dh = (proj ? dm.data() : dH.data()) + i0 * H + j0;
     st.dop = dop.data() + i0 * H + j0;
+    L.slice_params(j0, st);
     cell.backward(k, st);
-  });
-  permute_out(S, dH.data(), H, dh0);
+  };
+  // Block k's GEMM of step s into the item's columns (c0, cw) of d h_prev or of the extra operand.
+  auto block_gemm = [&](const Place& pl, int64_t s, int k, int64_t m, int64_t c0, int64_t cw, bool add) {
+    const Block& bk = cell.blocks[k];
+    const bool to_h = bk.op_col < 0;  // d h_prev accumulates; the extra operand's gradient is fresh
+    T* out = to_h ? dH.data() + pl.i0 * Rh + c0 : dop.data() + pl.i0 * H + c0;
+    const int64_t ldo = to_h ? Rh : H;
+    const T* dgates = dR + (S.O[s] + pl.i0) * ldd + bk.row0 * H;
+    if (cw <= 0) return;
+    if (const T* B = packed.at(k, pl.c))
+      L.step.gemm(m, L.block_rows(k) * H, cw, dgates, ldd, B, to_h && add, out, ldo);
+    else
+      L.step.gemm_nn(m, L.block_rows(k) * H, cw, dgates, ldd, L.W_hh() + bk.row0 * H * Rh + c0, Rh, to_h && add,
+                     out, ldo);
+  };
+
+  if (!proj) {
+    // Pair p = (step s, block k), steps from the last, blocks in reverse: the cell's backward phase
+    // k on the item's units, then (next stage, once every unit's gate gradients are there) block
+    // k's GEMM into the item's units of d h_prev or of the extra operand.
+    auto pair_of = [&](int64_t p, int64_t& s, int& k) {
+      s = S.T - 1 - p / nb;
+      k = nb - 1 - int(p % nb);
+    };
+    run_time_loop(L, sp, packed, false, pairs + 1, [&](const Place& pl, int64_t stage) {
+      int64_t s;
+      int k;
+      if (stage > 0) {  // the previous pair's GEMM
+        pair_of(stage - 1, s, k);
+        const int64_t m = std::min(S.B[s], pl.i1) - pl.i0;
+        if (m > 0) block_gemm(pl, s, k, m, pl.j0, pl.w, true);
+      }
+      if (stage == pairs) return;
+      pair_of(stage, s, k);
+      const int64_t m = std::min(S.B[s], pl.i1) - pl.i0;
+      if (m > 0) cell_backward(pl, s, k, m);
+    });
+  } else {
+    // Projecting: two stages per step, steps from the last. Stage 2p: the GEMM of step s + 1 into
+    // the item's part of d h_prev (for every row it ran), then dy of step s added to it (its running
+    // rows), which makes dh_s, kept for dW_hr. Stage 2p + 1: dm = dh_s W_hr on the item's units,
+    // then the cell's backward phase. A last stage: step 0's GEMM, which leaves dh0.
+    run_time_loop(L, sp, packed, false, 2 * S.T + 1, [&](const Place& pl, int64_t stage) {
+      const int64_t s = S.T - 1 - stage / 2;
+      const int64_t p0 = sp.out_cut[pl.c], pw = sp.out_cut[pl.c + 1] - p0;
+      if (stage % 2 == 0) {
+        if (s + 1 < S.T) {
+          const int64_t m = std::min(S.B[s + 1], pl.i1) - pl.i0;
+          if (m > 0) block_gemm(pl, s + 1, 0, m, p0, pw, false);
+        }
+        if (s < 0) return;
+        const int64_t m = std::min(S.B[s], pl.i1) - pl.i0;
+        for (int64_t i = pl.i0; i < pl.i0 + m; ++i) {
+          T* d = dH.data() + i * Rh + p0;
+          const T* dyr = dyp + (S.O[s] + i) * Rh + p0;
+          T* keep = dHT.data() + (S.O[s] + i) * Rh + p0;
+          for (int64_t j = 0; j < pw; ++j) keep[j] = d[j] = d[j] + dyr[j];
+        }
+        return;
+      }
+      const int64_t m = std::min(S.B[s], pl.i1) - pl.i0;
+      if (m <= 0) return;
+      T* dmr = dm.data() + pl.i0 * H + pl.j0;
+      if (const T* B = packed.hr(pl.c))
+        L.step.gemm(m, Rh, pl.w, dH.data() + pl.i0 * Rh, Rh, B, false, dmr, H);
+      else
+        L.step.gemm_nn(m, Rh, pl.w, dH.data() + pl.i0 * Rh, Rh, L.W_hr() + pl.j0, H, false, dmr, H);
+      cell_backward(pl, s, 0, m);
+    });
+  }
+  permute_out(S, dH.data(), Rh, dh0);
   if (cell.has_c) permute_out(S, dC.data(), H, dc0);
 
-  // after the loop: one GEMM each for dx, dW_ih and every block of dW_hh
-  Buffer<T> xbuf;
-  const T* xp = L.slot_input(in, xbuf);
-  team_gemm<T>(L.threads, true, false, G, L.D, R, dG, G, xp, L.D, T(0), gr.W_ih, L.D);
+  // after the loop: b, the cell's own parameters, then one GEMM each for every block of dW_hh,
+  // W_hr, dW_ih and dx
+  column_sums(dG, R, G, ldd, gr.p[2]);
+  AllSteps<T> all;
+  fill_steps(L, all);
+  all.g = const_cast<T*>(g);
+  all.ldg = W;
+  all.hs = proj ? nullptr : hs;
+  all.cs = cs;
+  all.dg = dG;
+  all.drec = dR;
+  all.ldd = ldd;
+  for (int k = 0; k < cell.num_params; ++k) all.dp[k] = gr.p[k];
+  if (cell.param_grads) cell.param_grads(all);
   for (int k = 0; k < cell.num_blocks; ++k) {
     const Block& bk = cell.blocks[k];
     const T* op = bk.op_col < 0 ? hs : g + bk.op_col * H;
-    team_gemm<T>(L.threads, true, false, (bk.row1 - bk.row0) * H, H, R, dR + bk.row0 * H, G, op,
-                 bk.op_col < 0 ? H : W, T(0), gr.W_hh + bk.row0 * H * H, H);
+    team_gemm<T>(L.threads, true, false, (bk.row1 - bk.row0) * H, Rh, R, dR + bk.row0 * H, ldd, op,
+                 bk.op_col < 0 ? Rh : W, T(0), gr.p[1] + bk.row0 * H * Rh, Rh);
   }
-  column_sums(dG, R, G, G, gr.b);
-  if (cell.has_b_hn) column_sums(dR + 2 * H, R, H, G, gr.b_hn);
+  if (proj) team_gemm<T>(L.threads, true, false, Rh, H, R, dHT.data(), Rh, ms, H, T(0), gr.p[cell.num_params], H);
+  if (cell.input_grads) run_rowwise(L, cell.input_grads, all);
+  Buffer<T> xbuf;
+  const T* xp = L.slot_input(in, xbuf);
+  team_gemm<T>(L.threads, true, false, G, L.D, R, dG, ldd, xp, L.D, T(0), gr.p[0], L.D);
   if (S.natural && L.d == 0) {
-    team_gemm<T>(L.threads, false, false, R, L.D, G, dG, G, L.w.W_ih, L.D, T(1), dx, L.D);
+    team_gemm<T>(L.threads, false, false, R, L.D, G, dG, ldd, L.W_ih(), L.D, T(1), dx, L.D);
   } else {
     Buffer<T> dxp(R * L.D);
-    team_gemm<T>(L.threads, false, false, R, L.D, G, dG, G, L.w.W_ih, L.D, T(0), dxp.data(), L.D);
+    team_gemm<T>(L.threads, false, false, R, L.D, G, dG, ldd, L.W_ih(), L.D, T(0), dxp.data(), L.D);
     scatter(S, L.d, dxp.data(), L.D, 0, dx, L.D, true);
   }
 }
@@ -579,7 +742,7 @@ std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params,
   tl_packed_bytes = 0;
   auto tape = std::make_unique<Tape<T>>(p, lengths);
   const Schedule& S = tape->sched;
-  const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
+  const int64_t TN = p.T * p.N, out_w = p.dirs * p.R(), state = p.N * p.R(), cstate = p.N * p.H;
   if (train) {
     tape->inputs.resize(p.layers);
     tape->dirs.resize(p.layers * p.dirs);
@@ -596,9 +759,9 @@ std::unique_ptr<Tape<T>> forward(const Problem& p, const LayerParams<T>* params,
     if (!S.natural) zero(out, TN * out_w);  // padding stays zero
     for (int d = 0; d < p.dirs; ++d) {
       const int64_t k = l * p.dirs + d;
-      Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d, threads};
-      forward_dir(L, in, h0 + k * state, c0 ? c0 + k * state : nullptr, train, out, out_w, h_n + k * state,
-                  c_n ? c_n + k * state : nullptr, train ? &tape->dirs[k] : nullptr);
+      Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d, threads, p.R()};
+      forward_dir(L, in, h0 + k * state, c0 ? c0 + k * cstate : nullptr, train, out, out_w, h_n + k * state,
+                  c_n ? c_n + k * cstate : nullptr, train ? &tape->dirs[k] : nullptr);
     }
     if (last) break;
     if (masks) {
@@ -625,7 +788,7 @@ void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks,
   const int threads = team_size();
   tl_packed_bytes = 0;
   const Schedule& S = tape.sched;
-  const int64_t TN = p.T * p.N, out_w = p.dirs * p.H, state = p.N * p.H;
+  const int64_t TN = p.T * p.N, out_w = p.dirs * p.R(), state = p.N * p.R(), cstate = p.N * p.H;
   Buffer<T> dy_buf, din_buf;
   for (int64_t l = p.layers - 1; l >= 0; --l) {
     const int64_t D = l == 0 ? p.D : out_w;
@@ -634,9 +797,9 @@ void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks,
     zero(din, TN * D);
     for (int d = 0; d < p.dirs; ++d) {
       const int64_t k = l * p.dirs + d;
-      Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d, threads};
+      Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d, threads, p.R()};
       backward_dir(L, tape.dirs[k], tape.inputs[l].data(), dy, out_w, dh_n ? dh_n + k * state : nullptr,
-                   dc_n ? dc_n + k * state : nullptr, din, dh0 + k * state, dc0 ? dc0 + k * state : nullptr,
+                   dc_n ? dc_n + k * cstate : nullptr, din, dh0 + k * state, dc0 ? dc0 + k * cstate : nullptr,
                    grads[k]);
     }
     if (l == 0) break;

@@ -17,6 +17,7 @@
 #include <new>
 #include <vector>
 
+#include "platform.h"
 #include "step.h"
 
 namespace rnncore {
@@ -29,7 +30,7 @@ class Buffer {
   explicit Buffer(int64_t n) : n_(n) {
     if (n > 0) {
       const size_t bytes = ((size_t(n) * sizeof(T) + 63) / 64) * 64;
-      p_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+      p_.reset(static_cast<T*>(aligned_malloc(64, bytes)));
       if (!p_) throw std::bad_alloc();
     }
   }
@@ -38,31 +39,29 @@ class Buffer {
 
  private:
   struct Free {
-    void operator()(T* p) const { std::free(p); }
+    void operator()(T* p) const { aligned_free(p); }
   };
   std::unique_ptr<T, Free> p_;
   int64_t n_ = 0;
 };
 
 struct Problem {
-  CellKind cell;
+  int cell;  // the cell's code (kernels.cpp)
   int64_t T, N, D, H, layers, dirs;
+  int64_t P = 0;  // the projection's size (LSTMP), 0 for none
+  int64_t R() const { return P > 0 ? P : H; }  // the size of h
+};
+
+// One layer and direction's parameters, in the order of the cell's list (CellSpec::params), then
+// W_hr when the layer projects; shapes as ParamInfo gives them.
+template <class T>
+struct LayerParams {
+  const T* p[kMaxParams] = {};
 };
 
 template <class T>
-struct LayerParams {  // one layer and direction; shapes as in SPEC.md
-  const T* W_ih;      // (G*H, D_l)
-  const T* W_hh;      // (G*H, H)
-  const T* b;         // (G*H,)
-  const T* b_hn;      // (H,) or null
-};
-
-template <class T>
-struct LayerGrads {  // same shapes, written (not accumulated)
-  T* W_ih;
-  T* W_hh;
-  T* b;
-  T* b_hn;
+struct LayerGrads {  // the same shapes, written (not accumulated)
+  T* p[kMaxParams] = {};
 };
 
 struct Schedule {
@@ -85,9 +84,10 @@ struct Tape {
   Schedule sched;
   std::vector<Buffer<T>> inputs;  // per layer: its input (T, N, D_l), natural layout
   struct Dir {
-    Buffer<T> hs;     // slot layout, (O[T+1], H)
+    Buffer<T> hs;     // slot layout, (O[T+1], R)
     Buffer<T> cs;     // same, LSTM only
     Buffer<T> cache;  // slot layout, (O[T], W), cells that keep one
+    Buffer<T> ms;     // a projecting layer's cell outputs m, g's slot rows, (O[T], H)
   };
   std::vector<Dir> dirs;  // layer-major, direction-minor
   Tape(const Problem& p, const int64_t* lengths) : p(p), sched(p.T, p.N, lengths) {}

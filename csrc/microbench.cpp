@@ -30,7 +30,7 @@ std::vector<float> filled(int64_t n, float scale) {
 }  // namespace
 
 double bench_step_gemm(int64_t M, int64_t K, int64_t Nc, int reps, int rounds) {
-  const StepGemm<float> g = kernels<float>(CellKind::lstm).step;
+  const StepGemm<float> g = kernels<float>(0).step;
   const std::vector<float> A = filled(M * K, 1.0f), W = filled(Nc * K, 0.01f);
   Buffer<float> Bp(g.packed_size(K, Nc));
   std::vector<float> C(size_t(M * Nc));
@@ -46,7 +46,7 @@ double bench_step_gemm(int64_t M, int64_t K, int64_t Nc, int reps, int rounds) {
 }
 
 double bench_gemv_floor(int64_t rows, int64_t K, int64_t steps, int threads, int rounds) {
-  const StepGemm<float> g = kernels<float>(CellKind::lstm).step;
+  const StepGemm<float> g = kernels<float>(0).step;
   const int parts = std::max(1, threads);
   const std::vector<float> W = filled(rows * K, 0.01f);
   const std::vector<float> x = filled(K, 1.0f);

@@ -20,7 +20,8 @@
 #if defined(__linux__)
 #include <sched.h>
 #endif
-#if defined(__x86_64__) || defined(__i386__)
+#include "platform.h"
+#if RNNCORE_X86
 #include <immintrin.h>
 #define RNNCORE_PAUSE() _mm_pause()
 #elif defined(__aarch64__)
@@ -220,7 +221,7 @@ struct Job {
 
 // The floating-point control word (x86-64 MXCSR, AArch64 FPCR): workers take the caller's for the
 // length of a job, so that every item computes in the caller's mode whichever thread runs it.
-#if defined(__x86_64__) || defined(__i386__)
+#if RNNCORE_X86
 using FpMode = unsigned;
 FpMode fp_mode() { return _mm_getcsr(); }
 void set_fp_mode(FpMode m) { _mm_setcsr(m); }

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rnncore
-from rnncore.bench import cli, peers, report, suite
+from rnncore.bench import cli, config, peers, report, suite, timing
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 SHAPE = (4, 3, 5, 6)    # T, N, D, H
@@ -21,7 +21,7 @@ def tiny_config(**kw):
     base = dict(shapes=[SHAPE], varlen=[SHAPE], repeats=1, warmup=1, gap_ms=0.0, max_gap_ms=20.0,
                 isolation_check=False, gemm_size=64, threads=(1,))
     base.update(kw)
-    return suite.make_config("quick", **base)
+    return config.make_config("quick", **base)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_json_schema(results):
         assert key in m, key
     assert set(m["rnncore_blas"]) >= {"corename", "config", "threads", "kernels"}
     assert m["env"]["OPENBLAS_CORETYPE"] in ("unset",) or isinstance(m["env"]["OPENBLAS_CORETYPE"], str)
-    assert set(suite.ENV_VARS) <= set(m["env"])
+    assert set(config.ENV_VARS) <= set(m["env"])
     for sc in data["scenarios"]:
         for key, typ in (("id", str), ("cell", str), ("mode", str), ("T", int), ("N", int), ("D", int), ("H", int),
                          ("dtype", str), ("threads", int), ("varlen", bool), ("valid_steps", int),
@@ -132,7 +132,7 @@ def test_varlen_records_valid_steps(results):
         lengths = np.array(sc["lengths"])
         assert lengths.shape == (N,) and lengths.min() >= 1 and lengths.max() <= T
         assert sc["valid_steps"] == int(lengths.sum()) and sc["full_steps"] == T * N
-        assert sc["flops"] == suite.flops(sc["cell"], sc["mode"], sc["valid_steps"], D, H)
+        assert sc["flops"] == timing.flops(sc["cell"], sc["mode"], sc["valid_steps"], D, H)
         assert sc["twin"] in ids and not ids[sc["twin"]]["varlen"]
     assert len({tuple(sc["lengths"]) for sc in var}) == 1     # the same seeded lengths for every cell
     pairs = results["varlen"]
@@ -272,8 +272,8 @@ class Recorder:
 def test_interleave_rotates_and_splits_the_runs_into_rounds():
     log = []
     prepared = {n: Recorder(n, log) for n in ("a", "b", "c")}
-    times, errors = suite.interleave(prepared, {"a": 6, "b": 6, "c": 2}, 3, {"a": 1, "b": 0, "c": 0},
-                                     suite._NoPause())
+    times, errors = timing.interleave(prepared, {"a": 6, "b": 6, "c": 2}, 3, {"a": 1, "b": 0, "c": 0},
+                                     timing._NoPause())
     assert not errors and [len(times[n]) for n in "abc"] == [6, 6, 2]
     # round 1: a (1 untimed + 2), b (2), c (1); round 2 starts with b; round 3 with c (already done)
     assert log == ["a"] * 3 + ["b"] * 2 + ["c"] + ["b"] * 2 + ["c"] + ["a"] * 3 + ["a"] * 3 + ["b"] * 2
@@ -287,8 +287,8 @@ def test_quiesce_pause_is_bounded(monkeypatch):
     def sleep(seconds):
         clock[0] += seconds
 
-    monkeypatch.setattr(suite, "time", types.SimpleNamespace(perf_counter=lambda: clock[0], sleep=sleep))
-    q = suite.Quiesce(0.01, max_s=0.05)
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0], sleep=sleep))
+    q = timing.Quiesce(0.01, max_s=0.05)
     q.ok = True
     busy = iter(range(0, 10**12, 10**7))                 # 10 ms of CPU between any two looks: never idle
     monkeypatch.setattr(q, "_workers_ns", lambda: next(busy))
@@ -343,7 +343,7 @@ def test_cli_options_build_the_config():
     assert cfg.threads == (1, 2) and cfg.peers == ("torch",) and cfg.repeats == 2 and cfg.gap_ms == 5
     assert cfg.dtypes == ("float64",)
     default = cli.config_from_args(p.parse_args([]), p)
-    assert default.shapes == suite.DEFAULT_SHAPES and default.varlen == [suite.VARLEN_SHAPE]
+    assert default.shapes == config.DEFAULT_SHAPES and default.varlen == [config.VARLEN_SHAPE]
     assert default.cells == ("rnn_tanh", "lstm", "gru", "gru_after")
     full = cli.config_from_args(p.parse_args(["--full"]), p)
     assert full.ref_max_gflop is None and len(full.shapes) > len(default.shapes)

@@ -13,14 +13,19 @@ namespace rnncore {
 namespace RNNCORE_NS {
 
 template <bool ResetAfter>
-struct GRUCell {
+struct GRUCell : CellDefaults {
+  static constexpr const char* name = ResetAfter ? "gru_after" : "gru";
   static constexpr int gates = 3;
-  static constexpr int extra_cols = 1;
-  static constexpr bool has_c = false;
-  static constexpr bool keeps_cache = true;  // r, z, n and the extra block
+  enum : int { kBhn = 3 };
+  // reset_after has b_hn (H,): the candidate's recurrent bias, inside r * (...)
+  static constexpr ParamInfo params[] = {weight_ih(3), weight_hh(3), bias(3), unit_vector("b_hn", 1, Init::uniform)};
+  static constexpr int num_params = ResetAfter ? 4 : 3;
+  static constexpr const char* torch = ResetAfter ? "GRU" : "";
+  static constexpr const char* keras = "GRU";
+  static constexpr const char* onnx = "GRU";
+  static constexpr int extra_cols = 1;       // cache: r, z, n and the extra block
   // reset_after: the n rows of W_hh see r * dn, the n rows of W_ih see dn.
   static constexpr bool separate_rec_grad = ResetAfter;
-  static constexpr bool has_b_hn = ResetAfter;
   static constexpr int num_blocks = ResetAfter ? 1 : 2;
   static constexpr Block blocks[2] = {ResetAfter ? Block{0, 3, -1} : Block{0, 2, -1}, Block{2, 3, 3}};
 
@@ -31,7 +36,7 @@ struct GRUCell {
       T* __restrict g = s.g + i * s.ldg;
       const T* __restrict r = s.rec + i * 3 * s.rs;
       const int64_t rs = s.rs;
-      const T* b = s.b;
+      const T* b = s.p[kBias];
       const T* __restrict hp = s.h_prev + i * H;
       T* __restrict h = s.h + i * H;
       if (ResetAfter) {
@@ -39,7 +44,7 @@ struct GRUCell {
         for (int64_t j = 0; j < n; ++j) {
           const T rg = sigmoid(g[j] + r[j] + b[j]);
           const T zg = sigmoid(g[H + j] + r[rs + j] + b[H + j]);
-          const T hn = r[2 * rs + j] + s.b_hn[j];
+          const T hn = r[2 * rs + j] + s.p[kBhn][j];
           const T ng = tanh_act(g[2 * H + j] + b[2 * H + j] + rg * hn);
           h[j] = (T(1) - zg) * hp[j] + zg * ng;  // as SPEC.md writes it: an infinite h_prev stays infinite
           g[j] = rg;
@@ -67,19 +72,25 @@ struct GRUCell {
     }
   }
 
+  // b_hn's gradient: the column sums of the recurrent-side gradient of n (reset_after).
+  template <class T>
+  static void param_grads(const AllSteps<T>& a) {
+    if (ResetAfter) column_sums(a.drec + 2 * a.H, a.R, a.H, a.ldd, a.dp[kBhn]);
+  }
+
   // Phases run in reverse: seed form phase 1 (h, n and the raw dz), the driver's GEMM
   // dop = dn_pre W_hn, then phase 0 (r and z).
   template <class T>
   static void backward(int phase, const Step<T>& s) {
-    const int64_t H = s.H, n = s.n, G = 3 * H;
+    const int64_t H = s.H, n = s.n;
     for (int64_t i = 0; i < s.m; ++i) {
       const T* __restrict g = s.g + i * s.ldg;
       const T* __restrict hp = s.h_prev + i * H;
       const T* __restrict dy = s.dy + i * H;
       T* __restrict dh = s.dh + i * H;
-      T* __restrict dg = s.dg + i * G;
+      T* __restrict dg = s.dg + i * s.ldd;
       if (ResetAfter) {
-        T* __restrict dr = s.drec + i * G;
+        T* __restrict dr = s.drec + i * s.ldd;
         RNNCORE_IVDEP
         for (int64_t j = 0; j < n; ++j) {
           const T rg = g[j], zg = g[H + j], ng = g[2 * H + j], hn = g[3 * H + j];

@@ -19,6 +19,7 @@ Interoperability (the frameworks are imported only when used): ``LSTM.from_torch
 import numbers
 import operator
 import os as _os
+from typing import Any, Dict
 
 import numpy as np
 
@@ -27,17 +28,23 @@ import numpy as np
 _BLAS_KERNEL_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _BLAS_ENV = {k: _os.environ.get(k) for k in _BLAS_KERNEL_ENV}
 
+if _os.name == "nt":
+    # Windows has no run path: importing scipy_openblas32 adds the folder of its OpenBLAS DLL to the
+    # DLL search path (Linux and macOS find the library through _core's run path instead).
+    import scipy_openblas32  # noqa: F401
+
 from . import _core, _threadpool, reference, train  # noqa: E402
 from ._convert import from_torch_state_dict, to_torch_state_dict  # noqa: E402
 from ._io import load  # noqa: E402
 from ._keras import from_keras  # noqa: E402
 from ._onnx import from_onnx  # noqa: E402
+from . import onnx  # noqa: E402  (rnncore.onnx: find_recurrent, import_graph; the onnx package loads on use)
 from ._torch import from_torch  # noqa: E402
+from ._version import __version__  # noqa: E402
 from .cells import GRUCell, LSTMCell, RNNCell, Stream  # noqa: E402
 from .models import GRU, LSTM, RNN, Gradients, Tape  # noqa: E402
 
-__version__ = "0.1.0"
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "Gradients", "reference", "train",
+__all__ = ["__version__", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "Gradients", "reference", "train",
            "set_num_threads", "get_num_threads", "team_stats", "MAX_THREADS", "blas_info",
            "from_torch_state_dict", "to_torch_state_dict", "from_torch", "from_keras", "from_onnx", "load"]
 
@@ -45,7 +52,7 @@ __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Ta
 MAX_THREADS = _core.MAX_THREADS
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Threads of rnncore's team: every call from then on uses up to ``n`` threads (1 to
     ``MAX_THREADS`` = 1024). Any integer type is accepted (``np.int64`` too). Safe to call at any
     time; results do not depend on it, bit for bit. ``threadpoolctl.threadpool_limits`` sets the
@@ -58,12 +65,12 @@ def set_num_threads(n):
     _core.set_num_threads(n)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Threads of rnncore's team (its BLAS always works single-threaded inside them)."""
     return _core.get_num_threads()
 
 
-def team_stats():
+def team_stats() -> Dict[str, int]:
     """Counters of rnncore's team since the process started: calls that used it, calls that ran
     on their caller alone (the team was busy with another call, or recently stalled), items one
     thread took over from another, stalls (a thread lost its core mid-call and the call went on
@@ -71,7 +78,7 @@ def team_stats():
     return dict(_core.team_stats())
 
 
-def blas_info():
+def blas_info() -> Dict[str, Any]:
     """What computes: the OpenBLAS kernel (core name), its build config, threads, our kernels' ISA, and
     the environment variables that choose OpenBLAS's kernels as they were when rnncore was imported
     (None when unset). Results are bit-identical between runs that report the same ``corename``,

@@ -4,23 +4,26 @@ PyTorch keeps two biases per gate (bias_ih, bias_hh); rnncore keeps their sum, e
 n gate of the reset_after GRU, whose recurrent bias sits inside r * (...) and stays separate as
 b_hn. PyTorch's GRU writes h = (1 - z') * n + z' * h_prev; rnncore's z weights n, so z = 1 - z'
 = sigmoid(-a_z'): the z rows of both weight matrices and of the bias change sign.
-Only rnncore's reset_after GRU has a PyTorch equivalent.
+Only rnncore's reset_after GRU has a PyTorch equivalent. LSTMP's projection (proj_size) is
+PyTorch's weight_hr_l{k}, rnncore's W_hr_l{k}, unchanged.
 """
 
 import numpy as np
 
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru_after": 3}
+from .models import CELL_INFO
 
 
 def _check_cell(cell):
-    if cell not in _GATES:
-        raise ValueError(f"cell: expected one of {sorted(_GATES)} (PyTorch has no GRU with the reset gate "
-                         f"applied before the matmul), got {cell!r}")
+    torch_cells = sorted(c for c, info in CELL_INFO.items() if info["torch"])
+    if cell not in torch_cells:
+        raise ValueError(f"cell: expected one of {torch_cells} (the cells with a PyTorch counterpart; PyTorch has "
+                         f"no GRU with the reset gate applied before the matmul, no peephole or LayerNorm LSTM), "
+                         f"got {cell!r}")
 
 
 def _z_sign(cell, H, dtype):
     """+1 everywhere, -1 on the GRU's z rows."""
-    s = np.ones(_GATES[cell] * H, dtype)
+    s = np.ones(CELL_INFO[cell]["gates"] * H, dtype)
     if cell == "gru_after":
         s[H:2 * H] = -1
     return s
@@ -50,7 +53,7 @@ def from_torch_state_dict(state_dict, cell):
     out = {}
     for sfx in _suffixes(sd):
         W_ih, W_hh = sd["weight_ih" + sfx], sd["weight_hh" + sfx]
-        H = W_hh.shape[1]
+        H = W_hh.shape[0] // CELL_INFO[cell]["gates"]
         b_ih = sd.get("bias_ih" + sfx, np.zeros(W_ih.shape[0], W_ih.dtype))
         b_hh = sd.get("bias_hh" + sfx, np.zeros(W_ih.shape[0], W_ih.dtype))
         sign = _z_sign(cell, H, W_ih.dtype)
@@ -63,6 +66,8 @@ def from_torch_state_dict(state_dict, cell):
             out["b_hn" + sfx] = b_hh[2 * H:].copy()
         else:
             out["b" + sfx] = b_ih + b_hh
+        if "weight_hr" + sfx in sd:
+            out["W_hr" + sfx] = sd["weight_hr" + sfx].copy()
     return out
 
 
@@ -75,7 +80,7 @@ def to_torch_state_dict(params, cell):
             continue
         sfx = name[len("W_ih"):]
         W_ih, W_hh, b = params["W_ih" + sfx], params["W_hh" + sfx], params["b" + sfx]
-        H = W_hh.shape[1]
+        H = W_hh.shape[0] // CELL_INFO[cell]["gates"]
         sign = _z_sign(cell, H, W_ih.dtype)
         out["weight_ih" + sfx] = W_ih * sign[:, None]
         out["weight_hh" + sfx] = W_hh * sign[:, None]
@@ -85,4 +90,6 @@ def to_torch_state_dict(params, cell):
             b_hh[2 * H:] = params["b_hn" + sfx]
         out["bias_ih" + sfx] = b_ih
         out["bias_hh" + sfx] = b_hh
+        if "W_hr" + sfx in params:
+            out["weight_hr" + sfx] = params["W_hr" + sfx].copy()
     return out

@@ -4,7 +4,7 @@ The archive holds one entry per parameter (name -> array, as in ``state_dict()``
 ``__rnncore__``: a 0-d unicode array with a JSON object
 
     {"format": "rnncore", "version": 1, "type": "LSTM", "config": {input_size, hidden_size, num_layers,
-     bidirectional, batch_first, dropout, dtype[, nonlinearity | reset_after]}}
+     bidirectional, batch_first, dropout, dtype[, nonlinearity | reset_after | the LSTM variant's proj_size, peephole, layer_norm]}}
 
 Reading executes nothing from the file (no pickle) and allocates nothing that the file's own
 bytes do not back. In order, and any problem is a ValueError with no model returned:
@@ -42,9 +42,10 @@ MAX_HEADER_CHARS = 16384         # characters of the __rnncore__ JSON string
 MAX_NPY_HEADER_BYTES = 10000     # bytes of an entry's .npy header (NumPy's own default limit)
 MAX_SIZE = 2**31 - 1             # input_size and hidden_size (the core's BLAS counts are 32-bit)
 _CHUNK = 1 << 20
-_TYPES = {"RNN": models.RNN, "LSTM": models.LSTM, "GRU": models.GRU}
+_TYPES: "dict[str, type[models._Recurrent]]" = {"RNN": models.RNN, "LSTM": models.LSTM, "GRU": models.GRU}
 _CONFIG_KEYS = {"input_size", "hidden_size", "num_layers", "bidirectional", "batch_first", "dropout", "dtype"}
 _EXTRA_KEYS = {"RNN": {"nonlinearity"}, "LSTM": set(), "GRU": {"reset_after"}}
+_OPTIONAL_KEYS = {"RNN": set(), "LSTM": {"proj_size", "peephole", "layer_norm"}, "GRU": set()}  # variants
 
 
 def _type_name(model):
@@ -59,10 +60,7 @@ def _config(model):
     cfg = dict(input_size=model.input_size, hidden_size=model.hidden_size, num_layers=model.num_layers,
                bidirectional=model.bidirectional, batch_first=model.batch_first, dropout=model.dropout,
                dtype=model.dtype.name)
-    if name == "RNN":
-        cfg["nonlinearity"] = model.nonlinearity
-    if name == "GRU":
-        cfg["reset_after"] = model.reset_after
+    cfg.update(model._extra_config())
     return name, cfg
 
 
@@ -79,14 +77,14 @@ def save(model, path):
     for k, _ in model._param_shapes():      # the model's own parameters, whatever else its dict holds
         entries[k] = np.ascontiguousarray(params[k])
     if hasattr(path, "write"):
-        np.savez(path, **entries)
+        np.savez(path, **entries)  # type: ignore[arg-type]  # NumPy's stub types **kwds as allow_pickle
         return
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".rnncore-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **entries)
+            np.savez(f, **entries)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -141,7 +139,7 @@ def _read_data(f, info, nbytes, shown, key):
     entry's array grows only as its data really decompresses."""
     if info.compress_type == zipfile.ZIP_STORED:
         out = np.empty(nbytes, np.uint8)
-        view, got = memoryview(out), 0
+        view, got = memoryview(out), 0  # type: ignore[arg-type]  # an ndarray is a buffer
         while got < nbytes:
             c = f.read(min(nbytes - got, _CHUNK))
             if not c:
@@ -197,10 +195,11 @@ def _unparameterised_model(shown, meta):
     if not isinstance(name, str) or name not in _TYPES:
         raise _bad(shown, f"model type {_short_repr(name)} (expected one of {sorted(_TYPES)})")
     cfg = meta.get("config")
-    want = _CONFIG_KEYS | _EXTRA_KEYS[name]
-    if not isinstance(cfg, dict) or set(cfg) != want:
+    want, optional = _CONFIG_KEYS | _EXTRA_KEYS[name], _OPTIONAL_KEYS[name]
+    if not isinstance(cfg, dict) or not want <= set(cfg) <= want | optional:
         got = _listed(cfg) if isinstance(cfg, dict) else _short_repr(cfg)
-        raise _bad(shown, f"config keys {got} (expected {sorted(want)})")
+        also = f", and any of {sorted(optional)}" if optional else ""
+        raise _bad(shown, f"config keys {got} (expected {sorted(want)}{also})")
     if not isinstance(cfg["dtype"], str) or cfg["dtype"] not in ("float32", "float64"):
         raise _bad(shown, f"dtype {_short_repr(cfg['dtype'])}")
     sizes = {k: cfg[k] for k in ("input_size", "hidden_size", "num_layers")}
@@ -297,7 +296,8 @@ def load_into(model, path):
     model._weights()                        # load_state_dict copies into these: they must be sound
     loaded = _read(path)
     mine, theirs = _config(model), _config(loaded)
-    keys = ("input_size", "hidden_size", "num_layers", "bidirectional", "dtype", "nonlinearity", "reset_after")
+    keys = ("input_size", "hidden_size", "num_layers", "bidirectional", "dtype", "nonlinearity", "reset_after",
+            "proj_size", "peephole", "layer_norm")
     diff = [k for k in keys if mine[1].get(k) != theirs[1].get(k)]
     if mine[0] != theirs[0] or diff:
         raise ValueError(f"load: the file holds a {loaded!r}, which does not fit this {model!r}"

@@ -15,6 +15,11 @@ A stack is a list of layers or a keras.Sequential: recurrent layers (each may be
 Bidirectional with merge_mode="concat"), optionally an InputLayer first and Dropout layers of
 one rate between recurrent layers (rnncore's dropout). Keras' own dropout/recurrent_dropout
 arguments act on inputs and states, unlike rnncore's, and are not carried over.
+
+The layers' call flags (README.md, "Keras 3"): return_state and unroll change nothing rnncore
+computes (the model always returns its final states); return_sequences=False is refused unless
+the caller asks for the full sequence (full_sequence=True); stateful, go_backwards outside
+Bidirectional and Masking layers are refused by name.
 """
 
 import numpy as np
@@ -104,6 +109,10 @@ def _check_recurrent(keras, layer, where, go_backwards=False):
     if kind != "SimpleRNN" and cfg["recurrent_activation"] != "sigmoid":
         raise ValueError(f"from_keras: {where}: recurrent_activation {cfg['recurrent_activation']!r} is not "
                          f"supported (expected 'sigmoid')")
+    if getattr(layer, "stateful", False):
+        raise ValueError(f"from_keras: {where}: stateful=True (Keras carries each call's final state into the next "
+                         f"call; an rnncore model starts every call from the state it is given: pass state=, or "
+                         f"use model.stream())")
     if bool(layer.go_backwards) != go_backwards:
         raise ValueError(f"from_keras: {where}: go_backwards={layer.go_backwards} outside a Bidirectional "
                          f"wrapper has no rnncore equivalent" if not go_backwards else
@@ -122,6 +131,10 @@ def _read_stack(keras, layers):
         where = f"layer {i} ({layer.name!r})" if hasattr(layer, "name") else f"layer {i}"
         if isinstance(layer, keras.layers.InputLayer) and i == 0:
             continue
+        if isinstance(layer, keras.layers.Masking):
+            raise ValueError(f"from_keras: {where}: Masking (Keras skips masked steps anywhere in a sequence; "
+                             f"rnncore's equivalent is lengths= for trailing padding: leave the Masking layer out "
+                             f"and pass each row's length to the model's call)")
         if isinstance(layer, keras.layers.Dropout):
             if not stack or pending_dropout is not None:
                 raise ValueError(f"from_keras: {where}: Dropout is only supported between recurrent layers "
@@ -158,12 +171,19 @@ def _read_stack(keras, layers):
     return stack, (rates.pop() if rates else 0.0)
 
 
-def from_keras(layers, batch_first=True):
+def from_keras(layers, batch_first=True, full_sequence=False):
     """An rnncore model from Keras 3 recurrent layers: one layer, a list of layers or a keras.Sequential.
 
     Keras layers read (N, T, D), so the model is batch_first unless asked otherwise. All layers
     must be of one kind (SimpleRNN, LSTM or GRU), of one hidden size, one dtype and either all
     or none wrapped in Bidirectional; their weights must exist (built layers).
+
+    The model returns every step's output and the final states, whatever the Keras flags say.
+    A last layer with return_sequences=False (Keras' default), whose output is one step, is
+    refused unless ``full_sequence=True``; Keras' output is then ``y[:, -1]`` (batch_first), and
+    for Bidirectional the concatenation of ``y[:, -1, :H]`` and ``y[:, 0, H:]``. return_state
+    and unroll are honoured as they are (the states are ``model(x)[1]``); stateful, go_backwards
+    outside Bidirectional and Masking layers are refused.
     """
     import keras
 
@@ -183,6 +203,19 @@ def from_keras(layers, batch_first=True):
             raise ValueError(f"from_keras: {where}: mixes Bidirectional and unidirectional layers")
         if np.dtype(dirs_k[0].variable_dtype) != dtype:
             raise TypeError(f"from_keras: {where}: dtype {dirs_k[0].variable_dtype} differs from layer 0's {dtype}")
+    if not isinstance(full_sequence, (bool, np.bool_)):
+        raise TypeError(f"full_sequence: expected a bool, got {type(full_sequence).__name__}")
+    for k, (_, cfg_k, _, where) in enumerate(stack):
+        if cfg_k.get("return_sequences", True):
+            continue
+        if k < len(stack) - 1:
+            raise ValueError(f"from_keras: {where}: return_sequences=False on a layer that feeds another recurrent "
+                             f"layer (the next layer would read a single step)")
+        if not full_sequence:
+            last = "y[:, -1]" if dirs == 1 else f"y[:, -1, :{H}] and y[:, 0, {H}:] concatenated"
+            raise ValueError(f"from_keras: {where}: return_sequences=False: the Keras layer returns only its last "
+                             f"step, an rnncore model returns every step; pass full_sequence=True to take it "
+                             f"anyway (Keras' output is then {last} of the model's batch-first y)")
     input_size = int(directions[0].get_weights()[0].shape[0])
     kw = dict(num_layers=len(stack), bidirectional=dirs == 2, batch_first=batch_first, dropout=dropout, dtype=dtype)
     cls = {"SimpleRNN": models.RNN, "LSTM": models.LSTM, "GRU": models.GRU}[kind]
@@ -207,6 +240,10 @@ def to_keras(model):
     with Dropout(model.dropout) between layers when dropout > 0. It reads (N, T, D) whatever
     ``model.batch_first`` says and returns the full output sequence, like ``model(x)[0]``.
     """
+    for name in ("proj_size", "peephole", "layer_norm"):
+        if getattr(model, name, False):
+            raise ValueError(f"to_keras: LSTM({name}={getattr(model, name)}) has no Keras equivalent "
+                             f"(keras.layers.LSTM has no {name.replace('_', ' ')})")
     import keras
 
     base = next(c for c in (models.RNN, models.LSTM, models.GRU) if isinstance(model, c))

@@ -30,7 +30,7 @@ def register():
 
     from . import _core
 
-    class RnncoreController(threadpoolctl.LibController):
+    class RnncoreController(threadpoolctl.LibController):  # type: ignore[misc]  # threadpoolctl is untyped
         user_api = "rnncore"
         internal_api = "rnncore"
         filename_prefixes = ("_core",)

@@ -17,28 +17,38 @@ Nothing is cast: arrays must have the dtype of the layer or parameter they meet,
 arrays are refused (their mask would be ignored).
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import models
-from .models import Gradients, _listed, _positive_int
+from .models import Gradients, Seed, _listed, _positive_int
+
+# What clip_grad_norm takes: a dict name -> gradient (a backward's Gradients counts its parameter
+# gradients only) or a list of those.
+GradientsArg = Union[Mapping[str, np.ndarray], Sequence[Mapping[str, np.ndarray]]]
+# What Adam trains: a dict name -> parameter, an object with parameters(), or a list of those.
+ParamsArg = Any
 
 __all__ = ["mse_loss", "Linear", "clip_grad_norm", "Adam"]
 
 
-def _describe(a):
+def _describe(a: object) -> str:
     if isinstance(a, np.ndarray):
         return f"{type(a).__name__} of dtype {a.dtype}"
     return type(a).__name__
 
 
-def _not_masked(a, name):
+def _not_masked(a: object, name: str) -> None:
     if isinstance(a, np.ma.MaskedArray):
         raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass a plain ndarray")
 
 
-def _float_array(a, name):
+def _float_array(a: object, name: str) -> np.ndarray:
     """a itself if it is a plain floating point ndarray, else a TypeError naming it."""
     _not_masked(a, name)
     if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
@@ -46,7 +56,7 @@ def _float_array(a, name):
     return a
 
 
-def _positive_number(v, name):
+def _positive_number(v: object, name: str) -> float:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name}: expected a positive number, got {type(v).__name__}")
     if not v > 0:
@@ -54,7 +64,7 @@ def _positive_number(v, name):
     return float(v)
 
 
-def mse_loss(pred, target):
+def mse_loss(pred: ArrayLike, target: ArrayLike) -> Tuple[float, np.ndarray]:
     """Mean squared error over every element.
 
     pred: floating point array; target: numbers of the same shape (cast to pred's dtype).
@@ -86,7 +96,7 @@ class Linear:
     Inputs must have the layer's dtype (float32 by default), as a model's do.
     """
 
-    def __init__(self, in_features, out_features, dtype=np.float32, seed=None):
+    def __init__(self, in_features: int, out_features: int, dtype: DTypeLike = np.float32, seed: Seed = None) -> None:
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
         try:
@@ -101,27 +111,27 @@ class Linear:
             "W": rng.uniform(-k, k, size=(self.out_features, self.in_features)).astype(self.dtype),
             "b": rng.uniform(-k, k, size=(self.out_features,)).astype(self.dtype),
         }
-        self.grads = {}
-        self._x = None
+        self.grads: Dict[str, np.ndarray] = {}
+        self._x: Optional[np.ndarray] = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features}, dtype={self.dtype.name})"
 
-    def parameters(self):
+    def parameters(self) -> Dict[str, np.ndarray]:
         """The live parameters, name -> ndarray; editing an array in place changes the layer."""
         return self._params
 
-    def _check(self, a, name):
+    def _check(self, a: object, name: str) -> np.ndarray:
         _not_masked(a, name)
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray of dtype {self.dtype}, got {_describe(a)}")
+            raise models._not_an_array(name, a, self.dtype)
         if a.dtype != self.dtype:
-            raise TypeError(f"{name}: expected dtype {self.dtype} (the layer's dtype), got {a.dtype}")
+            raise models._wrong_dtype(name, a, self.dtype, "layer")
         return a
 
-    def _weights(self):
+    def _weights(self) -> List[np.ndarray]:
         """W and b, checked as a model checks its parameters (they may have been replaced through parameters())."""
-        out = []
+        out: List[np.ndarray] = []
         for name, shape in (("W", (self.out_features, self.in_features)), ("b", (self.out_features,))):
             a = self._params.get(name)
             _not_masked(a, f"parameter {name!r}")
@@ -132,16 +142,17 @@ class Linear:
             out.append(a)
         return out
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """x (..., in_features) -> y (..., out_features)."""
         x = self._check(x, "x")
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"x: expected last dimension in_features={self.in_features}, got shape {x.shape}")
         W, b = self._weights()
         self._x = x
-        return x @ W.T + b
+        y: np.ndarray = x @ W.T + b
+        return y
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         """dy (..., out_features), like the last forward's y -> dx (..., in_features).
 
         Sets ``grads`` = {"W": dL/dW, "b": dL/db}, summed over all leading axes.
@@ -157,10 +168,11 @@ class Linear:
         dy2 = dy.reshape(-1, self.out_features)
         self.grads = {"W": (dy2.T @ x2).astype(self.dtype, copy=False),
                       "b": dy2.sum(axis=0).astype(self.dtype, copy=False)}
-        return dy @ W
+        dx: np.ndarray = dy @ W
+        return dx
 
 
-def _gradient_dicts(grads, name):
+def _gradient_dicts(grads: object, name: str) -> List[Tuple[str, Mapping[str, Any]]]:
     """[(label, dict name -> gradient)] from a dict, a Gradients (its parameter gradients only) or a list of those."""
     if isinstance(grads, (list, tuple)):
         return [(f"{name}[{i}]", d) for i, g in enumerate(grads) for _, d in _gradient_dicts(g, f"{name}[{i}]")]
@@ -172,11 +184,11 @@ def _gradient_dicts(grads, name):
                     f"gradients only) or a list of those, got {_describe(grads)}")
 
 
-def _global_norm(arrays):
+def _global_norm(arrays: Iterable[np.ndarray]) -> float:
     return float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in arrays)))
 
 
-def clip_grad_norm(grads, max_norm):
+def clip_grad_norm(grads: GradientsArg, max_norm: float) -> float:
     """Scale gradients in place so that their global L2 norm is at most ``max_norm``; returns the
     norm before clipping (a float, computed in float64).
 
@@ -185,7 +197,8 @@ def clip_grad_norm(grads, max_norm):
     neither count nor change), or a list of those, clipped together by one global norm.
     """
     max_norm = _positive_number(max_norm, "max_norm")
-    arrays, seen = [], set()
+    arrays: List[np.ndarray] = []
+    seen = set()
     for label, d in _gradient_dicts(grads, "grads"):
         for k, g in d.items():
             g = _float_array(g, f"{label}[{k!r}]")
@@ -210,15 +223,18 @@ class Adam:
     then takes one gradient dict per group, in the same order, and reads from each exactly its
     group's parameter names (a model's "x", "h0", "c0" are never read).
 
-    For each parameter p with gradient g, at step t = 1, 2, ...:
+    For each parameter p with gradient g, at step t = 1, 2, ...::
+
         g <- g + weight_decay * p                 (L2 penalty, as torch.optim.Adam; not AdamW)
         m <- beta1 * m + (1 - beta1) * g          v <- beta2 * v + (1 - beta2) * g^2
         p <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
     m and v start at zero and have each parameter's shape and dtype; ``m`` and ``v`` are dicts
     name -> array (with several groups, a list of such dicts, one per group).
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: ParamsArg, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         lr = _positive_number(lr, "lr")
         try:
             b1, b2 = (float(b) for b in betas)
@@ -233,18 +249,20 @@ class Adam:
             raise ValueError(f"weight_decay: expected a number >= 0, got {weight_decay!r}")
         eps = _positive_number(eps, "eps")
         self._groups = self._parameter_groups(params)
-        self.params = self._groups[0][1] if len(self._groups) == 1 else [g for _, g, _ in self._groups]
+        self.params: Any = self._groups[0][1] if len(self._groups) == 1 else [g for _, g, _ in self._groups]
         self.lr, self.betas, self.eps, self.weight_decay = lr, (b1, b2), float(eps), float(weight_decay)
         self.t = 0
         ms = [{k: np.zeros_like(g[k]) for k in names} for _, g, names in self._groups]
         vs = [{k: np.zeros_like(g[k]) for k in names} for _, g, names in self._groups]
         self._mv = list(zip(ms, vs))
+        self.m: Any
+        self.v: Any
         self.m, self.v = (ms[0], vs[0]) if len(ms) == 1 else (ms, vs)
 
     @staticmethod
-    def _parameter_groups(params):
+    def _parameter_groups(params: object) -> List[Tuple[str, Mapping[str, np.ndarray], Tuple[str, ...]]]:
         """[(label, live mapping name -> ndarray, names)], each parameter checked."""
-        def one(p, label, what):
+        def one(p: Any, label: str, what: str) -> Tuple[str, Mapping[str, np.ndarray]]:
             if isinstance(p, Mapping):
                 return (label, p)
             if callable(getattr(p, "parameters", None)) and isinstance(p.parameters(), Mapping):
@@ -259,7 +277,8 @@ class Adam:
         else:
             raise TypeError(f"params: expected a dict of name -> ndarray, an object with parameters() (a model, a "
                             f"cell, a Linear) or a list of those, got {_describe(params)}")
-        out, owner = [], {}
+        out: List[Tuple[str, Mapping[str, np.ndarray], Tuple[str, ...]]] = []
+        owner: Dict[int, str] = {}
         for label, mapping, where in groups:
             for k, p in mapping.items():
                 p = _float_array(p, f"{where}[{k!r}]")
@@ -273,7 +292,7 @@ class Adam:
             raise ValueError("params: expected at least one parameter, got none")
         return out
 
-    def step(self, *grads, max_norm=None):
+    def step(self, *grads: Mapping[str, np.ndarray], max_norm: Optional[float] = None) -> Optional[float]:
         """One update: one gradient dict per parameter group, in the order given to the constructor.
 
         Each must hold a gradient of the parameter's shape and dtype for every parameter name of its
@@ -312,7 +331,7 @@ class Adam:
                     got = gk.dtype if isinstance(gk, np.ndarray) else type(gk).__name__
                     raise TypeError(f"{where}[{k!r}]: expected dtype {p.dtype} (the parameter's), got {got}")
                 work.append((p, gk, i, k))
-        total = None
+        total: Optional[float] = None
         scale = 1.0
         if max_norm is not None:
             total = _global_norm(gk for _, gk, _, _ in work)
@@ -322,15 +341,15 @@ class Adam:
         b1, b2 = self.betas
         step_size = self.lr / (1.0 - b1 ** self.t)
         v_correction = 1.0 / (1.0 - b2 ** self.t)
-        for p, g, i, k in work:
+        for p, gp, i, k in work:
             if scale != 1.0:
-                g = g * p.dtype.type(scale)
+                gp = gp * p.dtype.type(scale)
             if self.weight_decay:
-                g = g + p.dtype.type(self.weight_decay) * p
-            m, v = self._mv[i][0][k], self._mv[i][1][k]
-            m *= b1
-            m += (1.0 - b1) * g
-            v *= b2
-            v += (1.0 - b2) * np.square(g)
-            p -= (step_size * m / (np.sqrt(v * v_correction) + self.eps)).astype(p.dtype, copy=False)
+                gp = gp + p.dtype.type(self.weight_decay) * p
+            mk, vk = self._mv[i][0][k], self._mv[i][1][k]
+            mk *= b1
+            mk += (1.0 - b1) * gp
+            vk *= b2
+            vk += (1.0 - b2) * np.square(gp)
+            p -= (step_size * mk / (np.sqrt(vk * v_correction) + self.eps)).astype(p.dtype, copy=False)
         return total

@@ -10,6 +10,7 @@ Command line: ``rnncore-bench`` or ``python -m rnncore.bench`` (``--help``). Fro
 """
 
 from .report import to_json, to_markdown, to_text, write_all
-from .suite import Config, make_config, run
+from .config import Config, make_config
+from .suite import run
 
 __all__ = ["Config", "make_config", "run", "to_text", "to_markdown", "to_json", "write_all"]

@@ -6,7 +6,7 @@ import shutil
 import sys
 import time
 
-from . import report, suite
+from . import config, machine, report, suite
 
 EPILOG = """\
 presets:
@@ -120,14 +120,14 @@ def config_from_args(args, parser):
     kw = {}
     try:
         if args.cell:
-            kw["cells"] = tuple(dict.fromkeys(suite.normalize_cell(c) for c in _split(args.cell)))
+            kw["cells"] = tuple(dict.fromkeys(config.normalize_cell(c) for c in _split(args.cell)))
         if args.peer:
-            kw["peers"] = tuple(dict.fromkeys(suite.normalize_peer(c) for c in _split(args.peer)))
+            kw["peers"] = tuple(dict.fromkeys(config.normalize_peer(c) for c in _split(args.peer)))
     except ValueError as e:
         parser.error(str(e))
     if args.mode:
         modes = _split(args.mode)
-        bad = [m for m in modes if m not in suite.MODES]
+        bad = [m for m in modes if m not in config.MODES]
         if bad:
             parser.error(f"--mode: expected inference or training, got {bad[0]!r}")
         kw["modes"] = tuple(dict.fromkeys(modes))
@@ -158,7 +158,7 @@ def config_from_args(args, parser):
         parser.error(f"--gemm-size: expected a non-negative integer, got {args.gemm_size}")
     kw.update(rounds=args.rounds, gemm_size=args.gemm_size, repeats=args.repeats, ref_repeats=args.ref_repeats,
               gap_ms=args.gap_ms, seed=args.seed, isolation_check=False if args.no_isolation_check else None)
-    return suite.make_config(preset, **kw)
+    return config.make_config(preset, **kw)
 
 
 class ProgressBar:
@@ -224,9 +224,9 @@ def _seed_table(args, out_dir, progress):
         bar.done()
     print(seed_table.to_text(result))
     md = seed_table.to_markdown(result)
-    rblas, nblas = suite.rnncore_blas(), suite.numpy_blas()
+    rblas, nblas = machine.rnncore_blas(), machine.numpy_blas()
     peers = suite.make_peers(["torch"], nblas)
-    res = {"schema": suite.SCHEMA, "machine": suite.describe_machine(peers, rblas, nblas), "scenarios": None,
+    res = {"schema": config.SCHEMA, "machine": machine.describe_machine(peers, rblas, nblas), "scenarios": None,
            "seed_table": {"budget": budget, "seed": args.seed, "text": seed_table.to_text(result), "markdown": md,
                           "result": result}}
     return res, {"markdown": md}

@@ -24,7 +24,8 @@ import numpy as np
 import rnncore
 from rnncore import _core
 
-from . import suite
+from .machine import rnncore_blas
+from .timing import _time_best, _timings
 
 FLOOR_CELLS = [("RNN-tanh", "rnn_tanh", 1), ("LSTM", "lstm", 4), ("GRU", "gru", 3), ("GRU-ra", "gru_after", 3)]
 
@@ -38,7 +39,7 @@ def _model(kind, H):
 
 
 def _median_call(f, n):
-    return float(np.median(suite._timings(f, n)))
+    return float(np.median(_timings(f, n)))
 
 
 def step_floor(H=256, T=100, threads=2, rounds=5, calls=15):
@@ -65,7 +66,7 @@ def step_floor(H=256, T=100, threads=2, rounds=5, calls=15):
 
 def step_gemm(Ms=(1, 8, 16, 32, 64, 128), K=256, N=1024, peak_size=1024, rounds=5):
     """The time loop's GEMM and OpenBLAS's sgemm, one thread each, GFLOP/s at the same sizes."""
-    blas = suite.rnncore_blas()
+    blas = rnncore_blas()
     out = {"K": K, "N": N, "threads": 1, "rows": [], "peak": None, "blas": None}
     if blas is None:
         out["skipped"] = "rnncore's OpenBLAS not found in this process"
@@ -76,7 +77,7 @@ def step_gemm(Ms=(1, 8, 16, 32, 64, 128), K=256, N=1024, peak_size=1024, rounds=
         out["blas"] = blas.corename()
         a = np.random.default_rng(0).standard_normal((peak_size, peak_size)).astype(np.float32)
         c = np.empty_like(a)
-        t = min(suite._time_best(lambda: blas.gemm(a, a, c), 3) for _ in range(rounds))
+        t = min(_time_best(lambda: blas.gemm(a, a, c), 3) for _ in range(rounds))
         out["peak"] = {"size": peak_size, "gflops": 2 * peak_size**3 / t / 1e9, "by": "OpenBLAS sgemm"}
         for M in Ms:
             flops = 2 * M * K * N

@@ -23,7 +23,7 @@ import numpy as np
 
 import rnncore
 
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "gru_after": 3}
+GATES = {name: info["gates"] for name, info in rnncore.models.CELL_INFO.items()}
 
 
 @dataclass

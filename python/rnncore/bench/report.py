@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from .suite import BUSY_SHARE, CELL_DESCRIPTIONS, CELL_LABELS, PEER_ORDER
+from .config import BUSY_SHARE, CELL_DESCRIPTIONS, CELL_LABELS, PEER_ORDER
 
 FLAG = "!"
 BUSY = "*"

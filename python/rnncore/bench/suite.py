@@ -1,6 +1,7 @@
-"""The benchmark suite: scenarios, the timing loop, the agreement check, the machine description.
+"""The benchmark suite: scenarios, the agreement check, running them, summaries.
 
-Results are plain dicts and lists (JSON-ready); ``report`` renders them.
+Results are plain dicts and lists (JSON-ready); ``report`` renders them. The configuration is in
+``config``, the timing loops in ``timing``, the machine's description in ``machine``.
 
 Method, per scenario (one cell, mode, shape, dtype and thread count):
   1. every peer builds the same model (rnncore's parameters, converted for PyTorch) and gets the
@@ -20,131 +21,20 @@ Method, per scenario (one cell, mode, shape, dtype and thread count):
   4. per peer: median (the reported time), min, quartiles and IQR of the timed runs.
 """
 
-import ctypes
-import datetime
 import gc
 import math
-import os
-import platform
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Tuple
+from dataclasses import asdict
 
 import numpy as np
 
 import rnncore
 
-from .peers import GATES, PEER_ALIASES, PEER_CLASSES, Case, Inputs, ReferencePeer, make_model
-
-SCHEMA = "rnncore-bench/1"
-CELLS = ("rnn_tanh", "lstm", "gru", "gru_after")
-CELL_LABELS = {"rnn_tanh": "RNN-tanh", "rnn_relu": "RNN-relu", "lstm": "LSTM", "gru": "GRU",
-               "gru_after": "GRU-ra"}
-CELL_DESCRIPTIONS = {"rnn_tanh": "simple RNN, tanh", "rnn_relu": "simple RNN, relu", "lstm": "LSTM",
-                     "gru": "GRU, reset gate before the matmul (rnncore's default, the notes' form)",
-                     "gru_after": "GRU, reset_after=True (PyTorch/cuDNN form)"}
-CELL_ALIASES = {"rnn": "rnn_tanh", "tanh": "rnn_tanh", "rnn-tanh": "rnn_tanh", "relu": "rnn_relu",
-                "rnn-relu": "rnn_relu", "gru_before": "gru", "gru-before": "gru", "gru-ra": "gru_after",
-                "gru-after": "gru_after", "gru_reset_after": "gru_after", "gru-reset-after": "gru_after"}
-MODES = ("inference", "training")
-PEER_ORDER = ("rnncore", "torch", "onnxruntime", "reference")
-
-# (T, N, D, H)
-DEFAULT_SHAPES = [(100, 1, 256, 256), (100, 8, 256, 256), (100, 64, 256, 256), (50, 32, 512, 512),
-                  (200, 16, 128, 128), (50, 128, 1024, 1024)]
-QUICK_SHAPES = [(100, 1, 256, 256), (100, 64, 256, 256)]
-FULL_EXTRA_SHAPES = [(100, 256, 256, 256), (400, 4, 256, 256)]
-VARLEN_SHAPE = (100, 64, 256, 256)
-
-ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OPENBLAS_VERBOSE",
-            "OPENBLAS_THREAD_TIMEOUT", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
-            "OMP_PROC_BIND", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "KMP_AFFINITY", "MKL_NUM_THREADS",
-            "MKL_DEBUG_CPU_TYPE", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "DNNL_MAX_CPU_ISA",
-            "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
-
-TOLERANCE = {"float32": 1e-3, "float64": 1e-7}   # relative and absolute (see agreement())
-
-
-@dataclass
-class Config:
-    preset: str = "default"
-    cells: Tuple[str, ...] = CELLS
-    modes: Tuple[str, ...] = MODES
-    shapes: List[tuple] = field(default_factory=lambda: list(DEFAULT_SHAPES))
-    varlen: List[tuple] = field(default_factory=lambda: [VARLEN_SHAPE])
-    dtypes: Tuple[str, ...] = ("float32",)
-    threads: Tuple[int, ...] = (os.cpu_count() or 1,)
-    peers: Tuple[str, ...] = PEER_ORDER
-    repeats: Optional[int] = None      # fixed number of timed rounds; None: from target_s
-    min_repeats: int = 3
-    max_repeats: int = 21
-    target_s: float = 1.0              # timed seconds of the slowest peer per scenario, when repeats is None
-    warmup: int = 2                    # runs before timing, the first being the agreement check ...
-    warmup_below_s: float = 0.25       # ... the others only for calls shorter than this
-    ref_repeats: int = 3               # the NumPy reference: at most this many timed runs
-    ref_max_gflop: Optional[float] = 50.0   # ... and none on cases above this (None: everywhere)
-    rounds: int = 3                    # visits per peer; the timed runs are split into blocks over them
-    gap_ms: float = 20.0               # pause before each visit: at least this, until the pools are idle
-    max_gap_ms: float = 500.0
-    rewarm_below_ms: float = 20.0      # calls shorter than this get one untimed run after each pause
-    seed: int = 0
-    isolation_check: bool = True
-    gemm_size: int = 2048
-
-
-PRESETS = {
-    "quick": dict(shapes=list(QUICK_SHAPES), varlen=[VARLEN_SHAPE], min_repeats=4, max_repeats=10, rounds=2,
-                  target_s=0.05, warmup=1, ref_repeats=1),
-    "default": dict(),
-    "full": dict(shapes=DEFAULT_SHAPES + FULL_EXTRA_SHAPES, min_repeats=5, max_repeats=50, target_s=3.0, rounds=5,
-                 warmup=3, ref_repeats=5, ref_max_gflop=None,
-                 threads=tuple(sorted({1, os.cpu_count() or 1}))),
-}
-
-
-def make_config(preset="default", **overrides):
-    if preset not in PRESETS:
-        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
-    kw = dict(PRESETS[preset])
-    kw.update({k: v for k, v in overrides.items() if v is not None})
-    return Config(preset=preset, **kw)
-
-
-def normalize_cell(name):
-    n = name.strip().lower()
-    n = CELL_ALIASES.get(n, n)
-    if n not in GATES:
-        raise ValueError(f"unknown cell {name!r}: expected one of rnn_tanh, rnn_relu, lstm, gru, gru_after "
-                         f"(aliases: rnn, gru-ra, gru_reset_after)")
-    return n
-
-
-def normalize_peer(name):
-    n = name.strip().lower()
-    n = PEER_ALIASES.get(n, n)
-    if n not in PEER_CLASSES:
-        raise ValueError(f"unknown peer {name!r}: expected one of {', '.join(PEER_ORDER)}")
-    return n
-
-
-# ------------------------------------------------------------------------------------------
-# FLOPs, statistics, agreement
-# ------------------------------------------------------------------------------------------
-
-def flops(cell, mode, steps, D, H):
-    """steps = valid (time, row) pairs, T*N at full length. Training counts forward + backward ~ 3x."""
-    fwd = 2.0 * steps * (D + H) * GATES[cell] * H
-    return fwd * (3.0 if mode == "training" else 1.0)
-
-
-def stats(times_s):
-    a = np.asarray(times_s, dtype=np.float64) * 1e3
-    q1, med, q3 = np.percentile(a, [25, 50, 75])
-    return {"n": int(a.size), "median_ms": float(med), "min_ms": float(a.min()), "max_ms": float(a.max()),
-            "mean_ms": float(a.mean()), "q1_ms": float(q1), "q3_ms": float(q3), "iqr_ms": float(q3 - q1),
-            "times_ms": [float(v) for v in a]}
+from .config import BUSY_SHARE, CELL_LABELS, SCHEMA, TOLERANCE, normalize_peer
+from .machine import cpu_snapshot, describe_machine, loadavg, numpy_blas, others_cpu_share, others_share, rnncore_blas
+from .peers import GATES, PEER_CLASSES, Case, Inputs, ReferencePeer, make_model
+from .timing import Quiesce, _NoPause, _timed, flops, gemm_peaks, interleave, stats
 
 
 def agreement(expected, got, dtype):
@@ -183,301 +73,6 @@ def agreement(expected, got, dtype):
     return {"ok": not failures and bool(by_output), "max_abs_diff": max(finite) if finite else None,
             "max_abs_diff_dx": by_output.get("dx"), "by_output": by_output, "compared": sorted(by_output),
             "not_compared": missing, "failures": failures, "tolerance": {"rtol": tol, "atol": tol}}
-
-
-# ------------------------------------------------------------------------------------------
-# the OpenBLAS libraries loaded in this process (rnncore's and NumPy's), through ctypes
-# ------------------------------------------------------------------------------------------
-
-def _loaded_paths(needle):
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split(None, 5)[-1].strip() for line in f if needle in line}
-    except OSError:
-        return []
-    return sorted(p for p in paths if p.startswith("/"))
-
-
-class LoadedBlas:
-    """An OpenBLAS already loaded in this process; dlopen of the same file returns the same copy."""
-
-    def __init__(self, path, suffix, int_type):
-        self.path = path
-        self.lib = ctypes.CDLL(path)
-        self.int = int_type
-        self._suffix = suffix
-
-    def _fn(self, *names):
-        for n in names:
-            for cand in (n + self._suffix, "scipy_" + n + self._suffix, n):
-                f = getattr(self.lib, cand, None)
-                if f is not None:
-                    return f
-        return None
-
-    def corename(self):
-        f = self._fn("openblas_get_corename")
-        if f is None:
-            return None
-        f.restype = ctypes.c_char_p
-        return f().decode()
-
-    def config(self):
-        f = self._fn("openblas_get_config")
-        if f is None:
-            return None
-        f.restype = ctypes.c_char_p
-        return f().decode()
-
-    def get_threads(self):
-        f = self._fn("openblas_get_num_threads")
-        return None if f is None else int(f())
-
-    def set_threads(self, n):
-        f = self._fn("openblas_set_num_threads")
-        if f is None:
-            return False
-        f.argtypes = [ctypes.c_int]
-        f(n)
-        return True
-
-    def gemm(self, a, b, c):
-        """c = a @ b, row-major, float32 or float64, through cblas_?gemm."""
-        f = self._fn("cblas_sgemm" if a.dtype == np.float32 else "cblas_dgemm")
-        if f is None:
-            raise RuntimeError("no cblas_?gemm in " + self.path)
-        real = ctypes.c_float if a.dtype == np.float32 else ctypes.c_double
-        I = self.int
-        M, K = a.shape
-        N = b.shape[1]
-        f.restype = None
-        f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, I, I, I, real, ctypes.c_void_p, I,
-                      ctypes.c_void_p, I, real, ctypes.c_void_p, I]
-        f(101, 111, 111, M, N, K, 1.0, a.ctypes.data, K, b.ctypes.data, N, 0.0, c.ctypes.data, N)
-
-
-def rnncore_blas():
-    """rnncore's OpenBLAS (the scipy-openblas32 wheel: 32-bit ints, ``scipy_`` prefix): the library
-    loaded here whose build string is the one rnncore reports."""
-    want = rnncore.blas_info().get("config")
-    for p in _loaded_paths("openblas"):
-        if "numpy" in p or "libscipy_openblas" not in os.path.basename(p):
-            continue
-        try:
-            lib = LoadedBlas(p, "", ctypes.c_int)
-        except OSError:
-            continue
-        if lib.config() == want and lib._fn("cblas_sgemm") is not None:
-            return lib
-    return None
-
-
-def numpy_blas():
-    """NumPy's own OpenBLAS (numpy.libs/libscipy_openblas64_*, ILP64, suffix 64_), if that is its BLAS."""
-    np.ones((2, 2)) @ np.ones((2, 2))
-    for p in _loaded_paths("openblas"):
-        if "numpy" in p and "openblas" in os.path.basename(p).lower():
-            for suffix, it in (("64_", ctypes.c_int64), ("", ctypes.c_int)):
-                try:
-                    lib = LoadedBlas(p, suffix, it)
-                except OSError:
-                    break
-                if lib._fn("openblas_get_num_threads") is not None and lib._fn("cblas_sgemm") is not None:
-                    return lib
-    return None
-
-
-def _timings(fn, reps, warmup=0):
-    """Seconds of `reps` timed calls of fn, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return ts
-
-
-def _time_best(fn, reps):
-    """The shortest of `reps` timed calls after two untimed ones: a peak is the best the library
-    reached here (a median would count passing slowdowns of the machine against it)."""
-    return float(np.min(_timings(fn, reps, warmup=2)))
-
-
-def gemm_peaks(threads, dtypes, size, peers, rblas, nblas, reps=5):
-    """GFLOP/s of one size^3 GEMM per BLAS reachable from Python, per thread count and dtype.
-
-    The denominator of "% of peak" is the best of them. rnncore exposes no BLAS call, so its own
-    OpenBLAS is called through ctypes (the very copy rnncore uses, which rnncore keeps at one
-    thread inside its own thread team: set to n threads for this measurement, then restored);
-    NumPy's matmul uses NumPy's separate OpenBLAS; torch.mm uses MKL.
-    """
-    out = {}
-    if size <= 0:
-        return out
-    torch = getattr(peers.get("torch"), "_torch", None)
-    for n in threads:
-        for dt in dtypes:
-            rng = np.random.default_rng(0)
-            a = rng.standard_normal((size, size)).astype(dt)
-            b = rng.standard_normal((size, size)).astype(dt)
-            c = np.empty((size, size), dt)
-            fl = 2.0 * size ** 3
-            entry = {}
-            if rblas is not None:
-                before = rblas.get_threads()
-                rblas.set_threads(n)
-                try:
-                    entry["rnncore_openblas"] = fl / _time_best(lambda: rblas.gemm(a, b, c), reps) / 1e9
-                finally:
-                    if before:
-                        rblas.set_threads(before)
-            if nblas is not None:
-                nblas.set_threads(n)
-            if nblas is not None or n == (os.cpu_count() or 1):
-                entry["numpy_matmul"] = fl / _time_best(lambda: np.matmul(a, b, out=c), reps) / 1e9
-            if torch is not None:
-                old = torch.get_num_threads()
-                torch.set_num_threads(n)
-                ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-                tc = torch.from_numpy(c)
-                entry["torch_mm"] = fl / _time_best(lambda: torch.mm(ta, tb, out=tc), reps) / 1e9
-                torch.set_num_threads(old)
-            best = max(entry, key=entry.get) if entry else None
-            out[f"{dt}/t{n}"] = {"threads": n, "dtype": dt, "size": size, "gflops": entry,
-                                  "best": entry.get(best), "best_source": best}
-            time.sleep(0.05)
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# the machine
-# ------------------------------------------------------------------------------------------
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [x for x in ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile") if x in flags]
-    except OSError:
-        pass
-    return []
-
-
-def _mem_gib():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
-def cpu_snapshot():
-    """(all CPUs' ticks, idle ticks, this process's ticks) from /proc, or None."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        with open("/proc/self/stat") as f:
-            mine = f.read().rsplit(")", 1)[1].split()
-        return sum(v[:8]), v[3] + v[4], int(mine[11]) + int(mine[12])   # idle+iowait; utime+stime
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def others_share(a, b):
-    """Fraction of all CPUs' time used by other processes between two cpu_snapshot()s."""
-    if a is None or b is None or b[0] - a[0] <= 0:
-        return None
-    total = b[0] - a[0]
-    return max(0.0, min(1.0, ((total - (b[1] - a[1])) - (b[2] - a[2])) / total))
-
-
-def others_cpu_share(seconds=0.5):
-    """Fraction of all CPUs' time that other processes used over a short idle wait."""
-    a = cpu_snapshot()
-    time.sleep(seconds)
-    return others_share(a, cpu_snapshot())
-
-
-def loadavg():
-    try:
-        return [float(v) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _git_commit():
-    here = os.path.dirname(os.path.abspath(rnncore.__file__))
-    head = os.path.join(here, "..", "..", ".git", "HEAD")
-    try:
-        with open(head) as f:
-            ref = f.read().strip()
-        if ref.startswith("ref:"):
-            with open(os.path.join(here, "..", "..", ".git", ref[5:])) as f:
-                return f.read().strip()
-        return ref
-    except OSError:
-        return None
-
-
-def _install_kind():
-    """Where rnncore runs from, without this machine's paths: a wheel install or a source tree."""
-    parts = os.path.dirname(rnncore.__file__).split(os.sep)
-    return "site-packages" if "site-packages" in parts else "source tree"
-
-
-def describe_machine(peers, rblas, nblas):
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    info = {
-        "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "logical_cpus": os.cpu_count(), "usable_cpus": affinity,
-        "memory_gib": _mem_gib(), "os": platform.platform(), "python": sys.version.split()[0],
-        "numpy": np.__version__, "rnncore": rnncore.__version__, "rnncore_install": _install_kind(),
-        "rnncore_git_commit": _git_commit(),
-        "rnncore_blas": rnncore.blas_info(),
-        "rnncore_blas_library": os.path.basename(rblas.path) if rblas else None,
-        "rnncore_openblas_threads": rblas.get_threads() if rblas else None,
-        "numpy_blas": ({"library": os.path.basename(nblas.path), "corename": nblas.corename(), "config": nblas.config(),
-                        "threads": nblas.get_threads()} if nblas else None),
-        "env": {k: os.environ.get(k, "unset") for k in ENV_VARS},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_start": loadavg(),
-        "others_cpu_share_start": others_cpu_share(),
-    }
-    torch = getattr(peers.get("torch"), "_torch", None)
-    if torch is not None:
-        info["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads(),
-                         "interop_threads": torch.get_num_interop_threads(),
-                         "mkl": bool(torch.backends.mkl.is_available()),
-                         "mkldnn": bool(torch.backends.mkldnn.is_available()),
-                         "cpu_capability": _torch_capability(torch)}
-    return info
-
-
-def _torch_capability(torch):
-    try:
-        return torch.backends.cpu.get_cpu_capability()
-    except Exception:
-        return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -556,71 +151,6 @@ def make_peers(names, nblas=None):
     for n in names:
         out[n] = ReferencePeer(nblas) if n == "reference" else PEER_CLASSES[n]()
     return out
-
-
-class Quiesce:
-    """The pause before each visit of a peer, excluded from the timing.
-
-    After a call, a multi-threaded OpenBLAS's workers (NumPy's) and ONNX Runtime's pool busy-wait
-    ~0.1 s before they sleep; PyTorch's OpenMP team a few ms; rnncore's team about 0.1 ms. On 2 cores a spinning
-    pool steals the cores the next library needs (measured: 10-50x slower calls). The pause lasts
-    at least ``min_s``, then until the process's other threads burnt less than 10 % of a core
-    over 5 ms (per-thread CPU time from /proc/self/task/*/schedstat), at most ``max_s``. Without
-    schedstat it sleeps ``fallback_s``. ``waits`` keeps every pause (seconds).
-    """
-
-    def __init__(self, min_s, max_s=0.5, fallback_s=0.15):
-        self.min_s, self.max_s, self.fallback_s = min_s, max_s, fallback_s
-        self.main = str(threading.get_native_id()) if hasattr(threading, "get_native_id") else None
-        self.ok = self.main is not None and self._workers_ns() is not None
-        self.waits = []
-
-    def _workers_ns(self):
-        total = 0
-        try:
-            tids = os.listdir("/proc/self/task")
-        except OSError:
-            return None
-        for tid in tids:
-            if tid == self.main:
-                continue
-            try:
-                with open(f"/proc/self/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue   # a thread that just ended
-        return total
-
-    def __call__(self):
-        t0 = time.perf_counter()
-        if not self.ok:
-            time.sleep(max(self.min_s, self.fallback_s))
-        else:
-            time.sleep(self.min_s)
-            last = self._workers_ns()
-            while time.perf_counter() - t0 < self.max_s:
-                time.sleep(0.005)
-                now = self._workers_ns()
-                if now - last < 0.5e6:
-                    break
-                last = now
-        w = time.perf_counter() - t0
-        self.waits.append(w)
-        return w
-
-
-class _NoPause:
-    waits = []
-
-    def __call__(self):
-        return 0.0
-
-
-def _timed(prep):
-    prep.clear()
-    t0 = time.perf_counter()
-    prep.run()
-    return time.perf_counter() - t0
 
 
 class _Progress:
@@ -744,35 +274,6 @@ def _run_scenario(sc, peers, cfg, progress):
                 if waits.size else None)
 
 
-def interleave(prepared, want, rounds, rewarm, pause, progress=None):
-    """Timed runs in `rounds` rounds; each round visits every peer once, in an order that rotates
-    from round to round. A visit: pause(), `rewarm[n]` untimed runs (short calls: their own pool
-    fell asleep during the pause), then a block of back-to-back timed runs, ~want[n] / rounds.
-    Returns ({name: [seconds]}, {name: error message})."""
-    names = list(prepared)
-    times = {n: [] for n in names}
-    errors = {}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            # spread want[n] over the rounds: after round r, about want * (r + 1) / rounds runs
-            block = math.ceil(want[name] * (r + 1) / rounds) - len(times[name])
-            if name in errors or block <= 0:
-                continue
-            if progress:
-                progress.detail(f"{name} (round {r + 1}/{rounds})")
-            pause()
-            try:
-                for _ in range(rewarm[name]):
-                    _timed(prepared[name])
-                for _ in range(block):
-                    times[name].append(_timed(prepared[name]))
-            except Exception as e:
-                errors[name] = f"run failed: {type(e).__name__}: {e}"
-            prepared[name].clear()
-    return times, errors
-
-
 def isolation_check(cfg, peers, progress_cb=None, reps=None, settle_s=0.3, shape=(100, 32, 256, 256)):
     """How much interleaving distorts the times, on one representative case: each peer alone (back
     to back, after the others went idle) against round-robin without any pause (one run per visit)
@@ -836,9 +337,6 @@ def _isolation_check(cfg, peers, progress_cb, reps, settle_s, shape):
     for p in prepared.values():
         p.clear()
     return out
-
-
-BUSY_SHARE = 0.10   # other processes' share of the CPUs above which a scenario counts as contended
 
 
 def _summaries(scenarios):
