@@ -459,24 +459,41 @@ def test_proj_size_is_refused_while_the_core_lacks_it():
 
 @pytest.mark.skipif(not rt._core_has_proj_size(), reason="rnncore.LSTM does not take proj_size yet")
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_matches_torch_proj_size(bidirectional):
-    dirs = 2 if bidirectional else 1
-    torch.manual_seed(0)
-    a = rt.LSTM(D, H, num_layers=2, bidirectional=bidirectional, proj_size=3, dtype=torch.float64)
-    b = torch.nn.LSTM(D, H, num_layers=2, bidirectional=bidirectional, proj_size=3, dtype=torch.float64)
-    b.load_state_dict(a.state_dict())
+@pytest.mark.parametrize("layout", ["tm", "bf", "packed", "unbatched"])
+def test_matches_torch_proj_size(bidirectional, layout):
+    dirs, P = 2 if bidirectional else 1, 3
+    a, b = _pair("lstm", num_layers=2, bidirectional=bidirectional, proj_size=P, batch_first=layout == "bf")
     g = torch.Generator().manual_seed(1)
-    hx = (torch.randn(2 * dirs, N, 3, generator=g, dtype=torch.float64),
-          torch.randn(2 * dirs, N, H, generator=g, dtype=torch.float64))
-    x = torch.randn(T, N, D, generator=g, dtype=torch.float64)
-    outs = []
-    for m in (a, b):
-        xi = x.clone().requires_grad_(True)
-        y, (h, c) = m(xi, hx)
-        (y.square().sum() + h.sum() + c.sum()).backward()
-        outs.append([y, h, c, xi.grad] + [p.grad for p in m.parameters()])
-    for i, (u, v) in enumerate(zip(*outs)):
-        _close(u, v, f"tensor {i}")
+    base = torch.randn(T, N, D, generator=g, dtype=torch.float64)
+    if layout == "bf":
+        base = base.transpose(0, 1).contiguous()
+    if layout == "unbatched":
+        base = base[:, 0]
+
+    def make():
+        leaf = base.clone().requires_grad_(True)
+        if layout == "packed":
+            return pack_padded_sequence(leaf, torch.tensor(LENGTHS), enforce_sorted=False), leaf
+        return leaf, leaf
+    lead = (2 * dirs,) if layout == "unbatched" else (2 * dirs, N)
+    for hx in (None, (torch.randn(lead + (P,), generator=g, dtype=torch.float64),
+                      torch.randn(lead + (H,), generator=g, dtype=torch.float64))):
+        with torch.no_grad():
+            shapes = [o.shape for o in _flat(b(make()[0], hx))]
+        assert shapes[0][-1] == dirs * P and shapes[1][-1] == P and shapes[2][-1] == H
+        weights = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+        outs_a, grads_a = _run(a, make, hx, weights)
+        outs_b, grads_b = _run(b, make, hx, weights)
+        for i, (oa, ob) in enumerate(zip(outs_a, outs_b)):
+            _close(oa, ob, f"output {i}")
+        assert set(grads_a) == set(grads_b) and "weight_hr_l1" in grads_a
+        for name in grads_b:
+            _close(grads_a[name], grads_b[name], f"gradient of {name}")
+    model = torch.nn.Sequential(torch.nn.LSTM(D, H, proj_size=P, dtype=torch.float64))
+    assert type(rt.convert(model)[0]) is rt.LSTM
+    with pytest.raises(ValueError, match=r"hx\[0\]: expected shape \(1, 4, 3\)"):
+        model[0](torch.randn(T, N, D, dtype=torch.float64),
+                 (torch.zeros(1, N, H, dtype=torch.float64), torch.zeros(1, N, H, dtype=torch.float64)))
 
 
 def test_adam_training_follows_torch_lstm():

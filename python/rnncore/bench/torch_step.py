@@ -174,6 +174,13 @@ def to_text(result):
                      f"on rnncore.LSTM directly: {o['overhead_s'] * 1e3:.3f} ms, "
                      f"{100 * o['fraction_of_step']:.1f} % of the module's full step (medians); "
                      f"{o['overhead_min_s'] * 1e3:.3f} ms between the minima")
+    rows = {(r["T"], r["N"], r["H"]): r for r in result["shapes"]}
+    if rows:
+        n8 = [r for r in rows.values() if r["N"] == 8]
+        met = (all(r["speedup"] >= TARGET_SPEEDUP_N8 for r in n8) and all(r["speedup"] >= 1 for r in rows.values())
+               and (not o or o["fraction_of_step"] <= TARGET_OVERHEAD))
+        lines.append(f"targets: {TARGET_SPEEDUP_N8}x at N = 8, no slower elsewhere, wrapper at most "
+                     f"{100 * TARGET_OVERHEAD:.0f} % of the step: {'met' if met else 'not met'} in this run (medians)")
     m = result["machine"]
     lines.append(f"machine: {m['usable_cpus']} usable CPUs, load average at start {m['loadavg_start']}, "
                  f"torch {m['torch']}, rnncore BLAS core {m['rnncore_blas']['corename']}, "
