@@ -428,11 +428,12 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
   const CellSpec<T>& cell = L.cell;
   const int64_t H = L.H, Rh = L.R, G = L.G(), W = L.W(), R = S.O[S.T];
   const bool proj = L.projects();
+  if (cell.project_done && !cell.whole_rows) throw std::logic_error("a cell with project_done has whole rows");
 
   Buffer<T> xbuf, gbuf, hbuf, cbuf, mbuf;
   const T* xp = L.slot_input(in, xbuf);
-  // (not for a cell that works on the projection of every step first: LayerNorm's)
-  const bool fused = !L.single_step() && !train && S.N >= kFuseRows && !cell.project_done;
+  // (a cell's project_done then runs there too, on the step's rows: a cell with one has whole rows)
+  const bool fused = !L.single_step() && !train && S.N >= kFuseRows;
   gbuf = Buffer<T>((fused && !train ? S.N : R) * W);  // one slot: the projection in the loop, inference
   hbuf = Buffer<T>(S.O[S.T + 1] * Rh);
   const bool c_slots = train;  // backward needs every c; inference updates one (N, H) in place
@@ -452,7 +453,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     L.step.gemm_nt(R, L.D, G, xp, L.D, L.W_ih(), L.D, false, g, W);
   else if (!fused)
     project(L, xp, R, g, W);
-  if (cell.project_done) {
+  if (cell.project_done && !fused) {
     AllSteps<T> a;
     fill_steps(L, a);
     a.g = g;
@@ -496,9 +497,18 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     const int64_t ldr = cell.gates * w;
     const Block& bk = cell.blocks[k];
     T* g_rows = gslot(s) + i0 * W;
-    if (fused && k == 0)
+    if (fused && k == 0) {
       for (int q = 0; q < cell.gates; ++q)
         L.step.gemm(m, L.D, w, xp + (S.O[s] + i0) * L.D, L.D, packed.ih(c, q), false, g_rows + q * H + j0, W);
+      if (cell.project_done) {
+        AllSteps<T> a;
+        fill_steps(L, a);
+        a.g = g_rows;
+        a.ldg = W;
+        a.r1 = m;
+        cell.project_done(a);
+      }
+    }
     const T* op = bk.op_col < 0 ? hs + (S.O[s] + i0) * Rh : g_rows + bk.op_col * H;
     const int64_t ld = bk.op_col < 0 ? Rh : W;
     if (const T* B = packed.at(k, c)) {

@@ -304,3 +304,20 @@ def test_bad_variant_arguments_are_named():
         m(x, (np.zeros((1, 1, 6), np.float32), np.zeros((1, 1, 6), np.float32)))
     with pytest.raises(ValueError, match=r"c0: expected shape \(1, 1, 6\).*hidden_size"):
         m(x, (np.zeros((1, 1, 2), np.float32), np.zeros((1, 1, 2), np.float32)))
+
+
+# ---- the benchmark of the variants (rnncore-bench) -----------------------------------------------
+
+def test_variants_benchmark_checks_its_peers_and_reports_ratios():
+    from rnncore.bench import variants
+    res = variants.run(threads=1, shapes=[(4, 3, 8, 8)], rounds=1, calls=1)
+    assert [r["mode"] for r in res["rows"]] == ["inference", "training"]
+    for r in res["rows"]:
+        assert set(r["vs_plain"]) == {"proj", "peephole", "layer_norm"}
+        assert all(v > 0 for v in r["vs_plain"].values())
+        assert r["disagree"] == []  # every peer computed what rnncore computed, or it is not timed
+        if "torch" in res["peers"].lower():
+            assert set(r["speedup"]) == {"proj vs torch proj", "layer_norm vs torch loop"}
+    assert "layer_norm" in variants.to_markdown(res) and "LN" in variants.to_text(res)
+    assert variants.shapes_of([(100, 1, 256, 256), (50, 128, 1024, 1024), (10, 2, 3, 4)]) == [(100, 1, 256, 256)]
+    assert "no shape" in variants.to_text(variants.run(threads=1, shapes=[]))

@@ -86,6 +86,9 @@ def build_parser():
     p.add_argument("--no-floors", action="store_true",
                    help="skip the step floor (a bare GEMV time loop), the step-GEMM microbenchmark against "
                         "OpenBLAS and the contention check (rnncore.bench.floors)")
+    p.add_argument("--no-variants", action="store_true",
+                   help="skip the LSTM variants (projection, peephole, LayerNorm) against the plain LSTM and "
+                        "PyTorch (rnncore.bench.variants)")
     p.add_argument("--threads", action="append", type=_threads, metavar="N",
                    help=f"threads for every peer, repeatable or comma-separated (default {os.cpu_count()} = all cores)")
     p.add_argument("--peer", action="append", metavar="PEER", help="peers to compare with (default: all)")
@@ -258,6 +261,11 @@ def main(argv=None):
         from . import floors
         note = (lambda msg: progress.note(msg)) if progress else None
         results["floors"] = floors.run(threads=max(cfg.threads), quick=args.quick, progress=note)
+    if not args.no_variants and "lstm" in cfg.cells:
+        from . import variants
+        note = (lambda msg: progress.note(msg)) if progress else None
+        results["variants"] = variants.run(threads=max(cfg.threads), quick=args.quick, progress=note,
+                                           shapes=variants.shapes_of(cfg.shapes))
     if progress:
         progress.done()
     # files first: a closed pipe on stdout loses nothing

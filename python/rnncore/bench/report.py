@@ -251,6 +251,9 @@ def to_text(results):
     if results.get("floors"):
         from . import floors
         out.append(floors.to_text(results["floors"]))
+    if results.get("variants"):
+        from . import variants
+        out.append(variants.to_text(results["variants"]))
     nbusy = sum(_busy(sc) for sc in results["scenarios"])
     if nbusy:
         out.append(f"{BUSY} other processes used more than {100 * BUSY_SHARE:.0f}% of the CPUs during the row: "
@@ -301,6 +304,9 @@ def to_markdown(results, plots=(), plot_note=None, seed_table_md=None):
         if results.get("floors"):
             from . import floors
             out += [floors.to_markdown(results["floors"])]
+        if results.get("variants"):
+            from . import variants
+            out += [variants.to_markdown(results["variants"])]
         problems = _problems(results)
         if problems:
             out += ["## Disagreements and errors", ""] + [f"- **{p}**" for p in problems] + [""]

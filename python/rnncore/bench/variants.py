@@ -1,6 +1,6 @@
 """The LSTM variants (README, "LSTM variants") against rnncore's plain LSTM and their peers.
 
-Per shape (T, N, D = H) and mode (inference; training = forward and backward), interleaved in
+Per shape (T, N, D = H; the suite's, up to H = 512) and mode (inference; training = forward and backward), interleaved in
 rounds, medians: rnncore's plain LSTM; its projection (proj_size = H / 2), peephole and LayerNorm
 variants; PyTorch's ``nn.LSTM(proj_size=H / 2)``, the peer of the projection; and, since no library
 has a LayerNorm LSTM, the one a PyTorch user would write (``torch.nn.LayerNorm`` in a Python loop
@@ -20,6 +20,12 @@ from .timing import _timings
 
 SHAPES = [(100, 1, 256, 256), (100, 8, 256, 256), (100, 64, 256, 256), (50, 32, 512, 512)]
 QUICK_SHAPES = [(100, 1, 256, 256), (100, 64, 256, 256)]
+MAX_H = 512  # the suite's shapes up to this hidden size (a Python loop over 1024 units takes long)
+
+
+def shapes_of(suite_shapes):
+    """The suite's (T, N, D, H) shapes that the variants are timed at: D = H, H up to MAX_H."""
+    return [tuple(s) for s in suite_shapes if len(s) == 4 and s[2] == s[3] and s[3] <= MAX_H]
 VARIANTS = [("LSTM", {}), ("proj", {"proj_size": None}), ("peephole", {"peephole": True}),
             ("layer_norm", {"layer_norm": True})]
 
@@ -110,8 +116,8 @@ def _torch_peers(torch, models, x, mode):
 
 def run(threads=2, quick=False, rounds=None, calls=None, progress=None, shapes=None):
     rounds = rounds or (3 if quick else 5)
-    calls = calls or (3 if quick else 7)
-    shapes = shapes or (QUICK_SHAPES if quick else SHAPES)
+    calls = calls or (3 if quick else 5)
+    shapes = (QUICK_SHAPES if quick else SHAPES) if shapes is None else shapes
     torch = None
     if importlib.util.find_spec("torch") is not None:
         import torch
@@ -180,6 +186,8 @@ _LEGEND = ("proj, peephole, layer_norm: the variant's time over the plain LSTM's
 
 
 def to_markdown(res):
+    if not res["rows"]:
+        return f"## {_title(res)}\n\nNo shape with D = H <= {MAX_H} in this run.\n"
     head, rows = _lines(res)
     out = [f"## {_title(res)}", "", _LEGEND, "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -190,6 +198,8 @@ def to_markdown(res):
 
 
 def to_text(res):
+    if not res["rows"]:
+        return f"{_title(res)}: no shape with D = H <= {MAX_H} in this run"
     head, rows = _lines(res)
     short = ["T,N,D,H", "mode", "LSTM ms", "proj", "peep", "LN", "vs torch proj", "vs torch LN loop"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(short)]
