@@ -90,7 +90,7 @@ def blas_info() -> Dict[str, Any]:
 _threadpool.register()
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # rnncore.torch (PyTorch modules on rnncore's core) imports torch: loaded on first use only
     if name == "torch":
         import importlib
