@@ -204,8 +204,7 @@ class RNNCell(_Cell):
 
 
 class LSTMCell(_Cell):
-    __doc__ = """One LSTM step; the state is ``(h, c)``; ``proj_size``, ``peephole`` and ``layer_norm``
-choose the variant (``rnncore.LSTM``); with a projection h has proj_size columns.
+    __doc__ = """One LSTM step, of any variant of ``rnncore.LSTM``; the state is ``(h, c)``.
 """ + _CELL_ARGS.format(model="LSTM", extra="""
     proj_size : int, default 0
         LSTMP: h has this many columns (0: hidden_size, no projection).
