@@ -76,9 +76,10 @@ def build_parser():
     p.add_argument("--cell", action="append", metavar="CELL", help="cells, repeatable or comma-separated")
     p.add_argument("--mode", action="append", metavar="MODE", help="inference and/or training")
     p.add_argument("--shape", action="append", type=parse_shape, metavar="T,N,D,H",
-                   help="a shape (repeatable); replaces the preset's shapes")
+                   help="a shape (repeatable): sequence length, batch, input size, hidden size; or T,N,H for "
+                        "D = H (e.g. 100,8,256); replaces the preset's shapes")
     p.add_argument("--varlen", action="append", type=parse_shape, metavar="T,N,D,H",
-                   help="add a variable-length case for this shape (repeatable)")
+                   help="add a variable-length case for this shape, T,N,D,H or T,N,H (repeatable)")
     p.add_argument("--no-varlen", action="store_true", help="no variable-length case")
     p.add_argument("--dtype", action="append", metavar="DTYPE", help="float32 (default) and/or float64")
     p.add_argument("--no-step-latency", action="store_true",
@@ -235,6 +236,15 @@ def _seed_table(args, out_dir, progress):
     return res, {"markdown": md}
 
 
+def _terminal_width():
+    """Columns of the terminal stdout is, or COLUMNS when set; None (full tables) for a pipe or file."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return max(40, int(os.environ["COLUMNS"]))
+    if sys.stdout is not None and hasattr(sys.stdout, "isatty") and sys.stdout.isatty():
+        return max(40, shutil.get_terminal_size().columns)
+    return None
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -271,7 +281,7 @@ def main(argv=None):
     # files first: a closed pipe on stdout loses nothing
     written = report.write_all(results, out_dir, plots=not args.no_plots)
     try:
-        print(report.to_text(results))
+        print(report.to_text(results, _terminal_width()))
         print(f"\nwrote {written['json']}, {written['markdown']}"
               + (f" and {len(written['plots'])} plots" if written.get("plots") else f"; {written.get('plot_note')}"))
         print(f"total {results['duration_s']:.0f} s")

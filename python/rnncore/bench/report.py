@@ -2,6 +2,7 @@
 
 import json
 import os
+import textwrap
 
 import numpy as np
 
@@ -89,6 +90,72 @@ def _text_table(header, rows, right_from=2):
         return "  ".join(str(c).ljust(w) if i < right_from else str(c).rjust(w) for i, (c, w) in
                          enumerate(zip(r, widths)))
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+
+
+def _fit_table(header, rows, width, keys=2, right_from=2, groups=None):
+    """The table as texts at most ``width`` wide where possible: whole when it fits; else the first
+    ``keys`` columns (what names a row) beside as many column groups as fit, in as many tables as
+    needed. ``groups``: lists of column indices that stay together (default: every column alone)."""
+    full = _text_table(header, rows, right_from)
+    if not width or max(len(line) for line in full.splitlines()) <= width:
+        return [full]
+    groups = groups or [[i] for i in range(keys, len(header))]
+
+    def build(gs):
+        idx = list(range(keys)) + [c for g in gs for c in g]
+        return _text_table([header[i] for i in idx], [[r[i] for i in idx] for r in rows],
+                           right_from=sum(1 for i in idx if i < right_from))
+
+    tables, current = [], []
+    for g in groups:
+        trial = build(current + [g])
+        if current and max(len(line) for line in trial.splitlines()) > width:
+            tables.append(build(current))
+            current = [g]
+        else:
+            current.append(g)
+    if current:
+        tables.append(build(current))
+    return tables
+
+
+def _fit_scenario_table(header, rows, width):
+    """The per-scenario table for a terminal ``width`` columns wide: whole when it fits; else without
+    IQR, GFLOP/s and % peak (report.md keeps them); else one table per group of peers that fits."""
+    full = _text_table(header, rows)
+    if not width or max(len(line) for line in full.splitlines()) <= width:
+        return full, None
+    keep = [0, 1, 2] + list(range(6, len(header)))
+    h = [header[i] for i in keep]
+    r = [[row[i] for i in keep] for row in rows]
+    groups, idle = [], []
+    for k in range(3, len(h), 2):
+        if all(row[k] in ("n/a", "skipped", "") for row in r):   # e.g. ONNX Runtime in training
+            idle.append(h[k][:-len(" ms")] if h[k].endswith(" ms") else h[k])
+        else:
+            groups.append([k, k + 1])
+    if not groups:
+        return _text_table(h[:3], [row[:3] for row in r]), None
+    tables = _fit_table(h, r, width, keys=3, right_from=2, groups=groups)
+    note = "(IQR, GFLOP/s and % of the GEMM peak: in report.md"
+    note += f"; not measured in any of these cases: {', '.join(idle)})" if idle else ")"
+    return "\n\n".join(tables), note
+
+
+def _wrap(text, width, keep):
+    """Lines longer than ``width`` wrapped, their continuation indented; lines in ``keep`` (tables) and
+    Markdown table rows stay whole."""
+    if not width:
+        return text
+    out = []
+    for line in text.split("\n"):
+        if len(line) <= width or line in keep or line.lstrip().startswith("|"):
+            out.append(line)
+            continue
+        indent = line[:len(line) - len(line.lstrip())]
+        out += textwrap.wrap(line, width, subsequent_indent=indent + "    ", break_on_hyphens=False,
+                             break_long_words=False) or [line]
+    return "\n".join(out)
 
 
 def _md_table(header, rows):
@@ -238,16 +305,29 @@ def _warnings(results):
     return out
 
 
-def to_text(results):
+def to_text(results, width=None):
+    """The results for a terminal. ``width``: its columns; tables are fitted to it (fewer columns,
+    or one table per group of peers) and long lines wrapped. None: everything at full width."""
     out = []
+    tables = set()
+
+    def table(text):
+        tables.update(text.splitlines())
+        return text
+
     for key in _groups(results):
         threads, dtype, mode = key
         out.append(f"\n== {mode}, {dtype}, {threads} thread{'s' if threads != 1 else ''} ==   "
                    f"(speed-up = peer median / rnncore median; {FLAG} = disagrees with rnncore)")
-        out.append(_text_table(*_rows(results, key)))
+        text, note = _fit_scenario_table(*_rows(results, key), width)
+        out.append(table(text))
+        if note:
+            out.append(note)
     if results.get("step_latency"):
         from . import step_latency
-        out.append(step_latency.to_text(results["step_latency"]))
+        text = step_latency.to_text(results["step_latency"], width)
+        tables.update(text.splitlines()[2:])   # the table, not its title
+        out.append(text)
     if results.get("floors"):
         from . import floors
         out.append(floors.to_text(results["floors"]))
@@ -264,7 +344,7 @@ def to_text(results):
         v0 = results["varlen"][0]
         out.append(f"\nVariable lengths (lengths uniform in [1,T], seeded; valid steps {v0['valid_steps']} of "
                    f"{v0['full_steps']}): cost should follow the valid steps")
-        out.append(_text_table(*_varlen_rows(results), right_from=4))
+        out.append(table("\n\n".join(_fit_table(*_varlen_rows(results), width, keys=4, right_from=4))))
     problems = _problems(results)
     if problems:
         out.append("\n" + "!" * 78)
@@ -286,7 +366,7 @@ def to_text(results):
     if w:
         out.append("\nWarnings:")
         out += ["  " + s for s in w]
-    return "\n".join(out).lstrip("\n")
+    return _wrap("\n".join(out).lstrip("\n"), width, tables)
 
 
 def to_markdown(results, plots=(), plot_note=None, seed_table_md=None):
@@ -384,13 +464,38 @@ def to_json(results):
     return json.dumps(results, indent=1, default=_json_default, allow_nan=True)
 
 
+_SPEEDUP_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+_TIME_TICKS = tuple(m * 10.0 ** e for e in range(-3, 6) for m in (1, 2, 5))
+
+
+def _ratio_label(v):
+    return f"{v:.2f}x" if v < 1 else f"{v:.1f}x" if v < 10 else f"{v:.0f}x"
+
+
+def _log_axis(ax, values, ticks, fmt, pad=1.6, include=()):
+    """A log y axis over the data (and ``include``), with labelled ticks from ``ticks`` only."""
+    vals = [v for v in list(values) + list(include) if v is not None and np.isfinite(v) and v > 0]
+    if not vals:
+        return
+    lo, hi = min(vals) / pad, max(vals) * pad ** 2   # room above the bars for their values
+    ax.set_yscale("log")
+    ax.set_ylim(lo, hi)
+    import matplotlib.ticker
+    shown = [t for t in ticks if lo <= t <= hi] or [t for t in ticks if t >= lo][:1]
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(shown))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: fmt(v)))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
 def write_plots(results, out_dir):
-    """PNG plots per (threads, dtype): times and speed-ups per shape. Returns (paths, note)."""
+    """PNG plots per (threads, dtype): times and speed-ups per shape. Returns (paths, note).
+
+    Each bar carries its value; the y axes are logarithmic with labelled ticks (0.5x, 1x, 2x, 5x ...
+    on the speed-up plot, whose line at 1x marks equal speed); the legend sits above the panels."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except Exception as e:
         return [], f"No plots: matplotlib is not importable ({type(e).__name__}: {e}); pip install 'rnncore[plots]'."
     os.makedirs(out_dir, exist_ok=True)
@@ -404,16 +509,27 @@ def write_plots(results, out_dir):
         modes = list(dict.fromkeys(s["mode"] for s in scs))
         cells = list(dict.fromkeys(s["cell"] for s in scs))
         for kind in ("time", "speedup"):
-            fig, axes = plt.subplots(len(modes), len(cells), figsize=(4.2 * len(cells), 3.6 * len(modes)),
-                                     squeeze=False)
             shown = peers if kind == "time" else peers[1:]
+            if not shown:
+                continue
+            per_panel = len(shown) * max(len([s for s in scs if s["mode"] == m and s["cell"] == c])
+                                         for m in modes for c in cells)
+            wide = per_panel > 12   # many bars: one row per cell, the modes side by side, wider panels
+            width = max(4.4, 0.4 * per_panel + 1.0)
+            if wide:
+                fig, axes = plt.subplots(len(cells), len(modes), figsize=(width * len(modes), 3.6 * len(cells) + 1.0),
+                                         squeeze=False)
+            else:
+                fig, axes = plt.subplots(len(modes), len(cells), figsize=(4.4 * len(cells), 4.0 * len(modes) + 0.9),
+                                         squeeze=False)
             for i, mode in enumerate(modes):
                 for j, cell in enumerate(cells):
-                    ax = axes[i][j]
+                    ax = axes[j][i] if wide else axes[i][j]
                     sel = [s for s in scs if s["mode"] == mode and s["cell"] == cell]
                     labels = [_shape(s).replace(" varlen", "\nvarlen") for s in sel]
                     xs = np.arange(len(sel))
                     w = 0.8 / max(1, len(shown))
+                    every = []
                     for k, name in enumerate(shown):
                         vals, hatch = [], []
                         for s in sel:
@@ -421,27 +537,43 @@ def write_plots(results, out_dir):
                             v = r.get("median_ms") if kind == "time" else r.get("speedup")
                             vals.append(np.nan if v is None else v)
                             hatch.append(r.get("status") == "flagged")
+                        every += vals
                         bars = ax.bar(xs + (k - (len(shown) - 1) / 2) * w, vals, w, label=_label(results, name),
-                                      color=colors.get(name))
-                        for b, h in zip(bars, hatch):
+                                      color=colors.get(name), bottom=None)
+                        for b, h, v in zip(bars, hatch, vals):
                             if h:
                                 b.set_hatch("xx")
-                    ax.set_yscale("log")
-                    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-                    ax.yaxis.set_major_formatter(fmt)
-                    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                            if np.isfinite(v):
+                                text = _ratio_label(v) if kind == "speedup" else _ms(v)
+                                ax.annotate(text, (b.get_x() + b.get_width() / 2, v), xytext=(0, 2),
+                                            textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                                            bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none", alpha=0.8))
                     if kind == "speedup":
-                        ax.axhline(1.0, color="black", lw=0.8)
+                        _log_axis(ax, every, _SPEEDUP_TICKS, lambda v: f"{v:g}x", include=(1.0,))
+                        ax.axhline(1.0, color="black", lw=1.0, ls="--", zorder=0)
+                        ax.set_ylabel("rnncore speed-up (peer time / rnncore time)", fontsize=7.5)
+                    else:
+                        _log_axis(ax, every, _TIME_TICKS, lambda v: f"{v:g}")
+                        ax.set_ylabel("median time per call, ms", fontsize=7.5)
                     ax.set_xticks(xs)
-                    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-                    ax.set_title(f"{CELL_LABELS[cell]} {mode}", fontsize=9)
-                    ax.set_ylabel("median ms" if kind == "time" else "rnncore speed-up (x)", fontsize=8)
-                    ax.tick_params(axis="y", labelsize=7)
+                    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7.5)
+                    ax.set_title(f"{CELL_LABELS[cell]} {mode}", fontsize=10)
+                    ax.tick_params(axis="y", labelsize=8)
+                    ax.grid(axis="y", which="major", lw=0.4, alpha=0.5)
             handles, labels = axes[0][0].get_legend_handles_labels()
-            fig.legend(handles, labels, loc="upper left", fontsize=8, ncol=len(labels))
-            title = "time per call" if kind == "time" else "rnncore speed-up over each peer (hatched: disagrees)"
-            fig.suptitle(f"{title} — {dtype}, {threads} thread(s); shapes T,N,D,H", fontsize=10)
-            fig.tight_layout(rect=(0, 0, 0.93, 0.95))
+            if kind == "speedup":
+                title = (f"rnncore speed-up over each peer, {dtype}, {threads} thread(s): above the dashed 1x line "
+                         f"rnncore is faster")
+                foot = ("Shapes T,N,D,H. Hatched: the peer's outputs disagree with rnncore's (not used). "
+                        "No bar: the peer does not have this cell or was not measured (report.md says why).")
+            else:
+                title = f"time per call (lower is faster), {dtype}, {threads} thread(s)"
+                foot = "Shapes T,N,D,H. Hatched: the peer's outputs disagree with rnncore's (not used)."
+            fig.suptitle(title, fontsize=12, y=0.995)
+            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=len(labels),
+                       fontsize=10, frameon=False)
+            fig.text(0.5, 0.005, foot, ha="center", va="bottom", fontsize=8)
+            fig.tight_layout(rect=(0, 0.03, 1, 0.93))
             path = os.path.join(out_dir, f"{kind}_{dtype}_t{threads}.png")
             fig.savefig(path, dpi=110)
             plt.close(fig)

@@ -126,16 +126,30 @@ HEADER = ["cell", "inference rnncore us", "PyTorch us", "speed-up", "training rn
           "speed-up"]
 
 
-def to_text(res):
-    rows = [HEADER] + _rows(res)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    lines = [f"\n== step latency: one step, N={res['N']}, D=H={res['H']}, float32, {res['threads']} threads "
-             f"(median per step; speed-up = PyTorch / rnncore) =="]
+def _text_rows(header, rows):
+    rows = [header] + rows
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
     for k, r in enumerate(rows):
         lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return lines
+
+
+def to_text(res, width=None):
+    """The table for a terminal; narrower than its full width when ``width`` asks: inference and
+    training as two tables."""
+    lines = [f"\n== step latency: one step, N={res['N']}, D=H={res['H']}, float32, {res['threads']} threads "
+             f"(median per step; speed-up = PyTorch / rnncore) =="]
+    rows = _rows(res)
+    table = _text_rows(HEADER, rows)
+    if not width or max(len(line) for line in table) <= width:
+        return "\n".join(lines + table)
+    for mode, cols in (("inference", [0, 1, 2, 3]), ("training", [0, 4, 5, 6])):
+        header = ["cell"] + [f"{mode} rnncore us", "PyTorch us", "speed-up"]
+        lines += _text_rows(header, [[r[i] for i in cols] for r in rows]) + [""]
+    return "\n".join(lines[:-1])
 
 
 def to_markdown(res):
