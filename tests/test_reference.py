@@ -2,7 +2,7 @@
 
 The reference is the oracle for the C++ core, so it is validated independently here:
 central finite differences for the backward, hand-written equations for single steps,
-and the padding / reverse-direction semantics of SPEC.md built by hand.
+and the padding / reverse-direction semantics of README.md (The math) built by hand.
 """
 
 import numpy as np

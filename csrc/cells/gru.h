@@ -46,7 +46,7 @@ struct GRUCell : CellDefaults {
           const T zg = sigmoid(g[H + j] + r[rs + j] + b[H + j]);
           const T hn = r[2 * rs + j] + s.p[kBhn][j];
           const T ng = tanh_act(g[2 * H + j] + b[2 * H + j] + rg * hn);
-          h[j] = (T(1) - zg) * hp[j] + zg * ng;  // as SPEC.md writes it: an infinite h_prev stays infinite
+          h[j] = (T(1) - zg) * hp[j] + zg * ng;  // as README.md (The math) writes h_t: an infinite h_prev stays infinite
           g[j] = rg;
           g[H + j] = zg;
           g[2 * H + j] = ng;
@@ -65,7 +65,7 @@ struct GRUCell : CellDefaults {
         for (int64_t j = 0; j < n; ++j) {
           const T ng = tanh_act(g[2 * H + j] + r[2 * rs + j] + b[2 * H + j]);
           const T zg = g[H + j];
-          h[j] = (T(1) - zg) * hp[j] + zg * ng;  // as SPEC.md writes it: an infinite h_prev stays infinite
+          h[j] = (T(1) - zg) * hp[j] + zg * ng;  // as README.md (The math) writes h_t: an infinite h_prev stays infinite
           g[2 * H + j] = ng;
         }
       }
