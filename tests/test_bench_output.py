@@ -110,3 +110,16 @@ def test_speedup_plot_is_labelled(results, tmp_path):
     for a in fig.axes:                                                                   # the legend is above the data
         assert bbox.y0 >= a.get_window_extent(renderer).y1
     plt.close("all")
+
+
+def test_variants_table_fits_the_width(results):
+    """The LSTM variants' table (rnncore.bench.variants) is split by columns when the terminal is narrow."""
+    from rnncore.bench import variants
+    res = variants.run(threads=1, shapes=[(4, 3, 8, 8)], rounds=1, calls=1)
+    both = dict(results, variants=res)
+    for width in (60, 80):
+        text = report.to_text(both, width)
+        assert max(len(line) for line in text.splitlines()) <= max(width, 73)   # 73: the widest key columns
+        assert "vs torch LN loop" in text or "torch" not in res["peers"]
+    full = variants.to_text(res)
+    assert variants.to_text(res, 200) == full

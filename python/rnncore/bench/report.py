@@ -333,7 +333,9 @@ def to_text(results, width=None):
         out.append(floors.to_text(results["floors"]))
     if results.get("variants"):
         from . import variants
-        out.append(variants.to_text(results["variants"]))
+        text = variants.to_text(results["variants"], width)
+        tables.update(text.splitlines()[1:-1])   # the table, not its title and legend
+        out.append(text)
     nbusy = sum(_busy(sc) for sc in results["scenarios"])
     if nbusy:
         out.append(f"{BUSY} other processes used more than {100 * BUSY_SHARE:.0f}% of the CPUs during the row: "

@@ -197,11 +197,16 @@ def to_markdown(res):
     return "\n".join(out + [""])
 
 
-def to_text(res):
+def to_text(res, width=None):
+    """The table for a terminal; with ``width``, split by columns into tables that fit it."""
     if not res["rows"]:
         return f"{_title(res)}: no shape with D = H <= {MAX_H} in this run"
     head, rows = _lines(res)
     short = ["T,N,D,H", "mode", "LSTM ms", "proj", "peep", "LN", "vs torch proj", "vs torch LN loop"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(short)]
     fmt = "  ".join("{:<%d}" % w if i < 2 else "{:>%d}" % w for i, w in enumerate(widths))
-    return "\n".join([_title(res), fmt.format(*short)] + [fmt.format(*r) for r in rows] + [_LEGEND])
+    table = [fmt.format(*short)] + [fmt.format(*r) for r in rows]
+    if width and max(len(line) for line in table) > width:
+        from .report import _fit_table
+        table = "\n\n".join(_fit_table(short, rows, width, keys=2, right_from=2)).splitlines()
+    return "\n".join([_title(res)] + table + [_LEGEND])
