@@ -191,6 +191,7 @@ struct Split {
   int rows = 1, cols = 1;
   std::vector<int64_t> row_cut{0, 0}, unit_cut{0, 0};
   std::vector<int64_t> out_cut{0, 0};  // a projecting layer's h (P wide): slice c owns [out_cut[c], out_cut[c+1])
+  std::vector<int64_t> group_cut{0, 0};  // whole-row cells: item c's rows of the pointwise stage
   int items() const { return rows * cols; }
 };
 
@@ -199,25 +200,35 @@ constexpr int64_t kMinRows = 8;  // a row group's GEMM below this loses more tha
 // The rule: slices first, as many as threads while each keeps at least one panel of the step
 // GEMM (`align` units: 32 for float with AVX-512), then row groups of at least kMinRows rows for
 // the threads left (README, "How it is built": chosen by timing both splits on 2 cores).
+// Rows [0, N) in `parts` groups that carry about equal numbers of valid steps.
+std::vector<int64_t> row_groups(const Schedule& S, int parts) {
+  const int64_t N = S.N;
+  std::vector<int64_t> cut(parts + 1, N);
+  cut[0] = 0;
+  const int64_t total = std::accumulate(S.len.begin(), S.len.end(), int64_t(0));
+  int64_t acc = 0, p = 1;
+  for (int64_t i = 0; i < N && p < parts; ++i) {
+    acc += S.len[i];
+    if (acc * parts >= total * p) cut[p++] = i + 1;
+  }
+  return cut;
+}
+
+// Whole-row cells (a pointwise pass over all H units of a row): `rows_only` splits by rows alone;
+// `two_phase` splits the GEMMs by slices and the pointwise pass by row groups (group_cut), one
+// stage each.
 Split plan_split(const Schedule& S, int64_t H, int64_t P, int threads, bool single_step, int64_t align,
-                 bool whole_rows) {
+                 bool rows_only, bool two_phase = false) {
   Split sp;
   const int64_t N = S.N;
   if (!single_step && threads > 1 && N > 0) {
-    const int max_cols = whole_rows ? 1 : int(std::max<int64_t>(1, H / align));
-    const int max_rows = int(std::max<int64_t>(1, N / kMinRows));
+    const int max_cols = rows_only ? 1 : int(std::max<int64_t>(1, H / align));
+    const int max_rows = two_phase ? 1 : int(std::max<int64_t>(1, N / kMinRows));
     sp.cols = std::min(threads, max_cols);
     sp.rows = std::max(1, std::min(threads / sp.cols, max_rows));
   }
-  // row groups carry about equal numbers of valid steps
-  sp.row_cut.assign(sp.rows + 1, N);
-  sp.row_cut[0] = 0;
-  const int64_t total = std::accumulate(S.len.begin(), S.len.end(), int64_t(0));
-  int64_t acc = 0, p = 1;
-  for (int64_t i = 0; i < N && p < sp.rows; ++i) {
-    acc += S.len[i];
-    if (acc * sp.rows >= total * p) sp.row_cut[p++] = i + 1;
-  }
+  sp.row_cut = row_groups(S, sp.rows);
+  sp.group_cut = row_groups(S, sp.cols);
   // slices: equal shares of whole blocks of `align` units
   sp.unit_cut.assign(sp.cols + 1, H);
   const int64_t blocks = (H + align - 1) / align;
@@ -290,6 +301,20 @@ void run_rowwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), AllSteps<T
     throw Interrupted();
 }
 
+// param_grads over the team: units [0, H) in shares of whole 16-unit groups.
+template <class T>
+void run_unitwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), AllSteps<T> a) {
+  const int64_t H = L.H, groups = (H + 15) / 16;
+  const int items = int(std::max<int64_t>(1, std::min<int64_t>(L.threads, groups)));
+  if (!run_stages(L.threads, items, 1, [&](int it, int64_t) {
+        AllSteps<T> mine = a;
+        mine.u0 = std::min(H, groups * it / items * 16);
+        mine.u1 = std::min(H, groups * (it + 1) / items * 16);
+        if (mine.u1 > mine.u0) hook(mine);
+      }))
+    throw Interrupted();
+}
+
 // W_hh packed by slice, for each block k and slice c. Forward: B = the block's rows of the
 // slice's units, transposed (K = H, columns gate-major, then unit). Backward: B = the block's
 // rows, the slice's columns (K = rows of the block, columns = units).
@@ -307,15 +332,20 @@ struct PackedSlices {
   static int64_t bwd_cols(const Layer<T>& L, const Split& sp, int c) {
     return L.projects() ? sp.out_cut[c + 1] - sp.out_cut[c] : sp.unit_cut[c + 1] - sp.unit_cut[c];
   }
-  PackedSlices(const Layer<T>& L, const Split& sp, bool fwd, bool with_ih = false)
-      : cols(sp.cols), gates(L.cell.gates) {
+  bool per_gate = false;  // forward W_hh packed gate by gate (two-phase whole-row cells)
+  int64_t gate_size = 0;
+  PackedSlices(const Layer<T>& L, const Split& sp, bool fwd, bool with_ih = false, bool per_gate_ = false)
+      : cols(sp.cols), gates(L.cell.gates), per_gate(per_gate_ && fwd) {
     if (L.single_step()) return;
     int64_t total = 0;
     for (int k = 0; k < L.cell.num_blocks; ++k)
       for (int c = 0; c < sp.cols; ++c) {
         off.push_back(total);
         const int64_t w = sp.unit_cut[c + 1] - sp.unit_cut[c], rows = L.block_rows(k) * L.H;
-        total += fwd ? L.step.packed_size(L.R, L.block_rows(k) * w) : L.step.packed_size(rows, bwd_cols(L, sp, c));
+        if (per_gate)
+          total += L.block_rows(k) * L.step.packed_size(L.R, w);
+        else
+          total += fwd ? L.step.packed_size(L.R, L.block_rows(k) * w) : L.step.packed_size(rows, bwd_cols(L, sp, c));
       }
     if (L.projects())
       for (int c = 0; c < sp.cols; ++c) {
@@ -334,12 +364,19 @@ struct PackedSlices {
   T* at(int k, int c) const { return buf.data() ? buf.data() + off[k * cols + c] : nullptr; }
   T* ih(int c, int q) const { return buf.data() + ih_off[c * gates + q]; }
   T* hr(int c) const { return buf.data() ? buf.data() + hr_off[c] : nullptr; }
+  // per_gate: gate q of slice c's rows of W_hh, transposed (K = R, w columns)
+  T* gate(const Layer<T>& L, const Split& sp, int c, int q) const {
+    return at(0, c) + q * L.step.packed_size(L.R, sp.unit_cut[c + 1] - sp.unit_cut[c]);
+  }
   void pack(const Layer<T>& L, const Split& sp, bool fwd, int c) const {
     const int64_t H = L.H, R = L.R, j0 = sp.unit_cut[c], w = sp.unit_cut[c + 1] - j0;
     for (int k = 0; k < L.cell.num_blocks; ++k) {
       const T* rows = L.W_hh() + L.cell.blocks[k].row0 * H * R;
       const int64_t c0 = bwd_col0(L, sp, c), cw = bwd_cols(L, sp, c);
-      if (fwd)
+      if (fwd && per_gate)
+        for (int q = 0; q < L.block_rows(k); ++q)
+          L.step.pack(rows + (q * H + j0) * R, R, true, R, w, w, 0, gate(L, sp, c, q));
+      else if (fwd)
         L.step.pack(rows + j0 * R, R, true, R, L.block_rows(k) * w, w, H, at(k, c));
       else if (cw > 0)
         L.step.pack(rows + c0, R, false, L.block_rows(k) * H, cw, cw, cw, at(k, c));
@@ -453,7 +490,11 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     L.step.gemm_nt(R, L.D, G, xp, L.D, L.W_ih(), L.D, false, g, W);
   else if (!fused)
     project(L, xp, R, g, W);
-  if (cell.project_done && !fused) {
+  // A whole-row cell runs each step in two stages: the GEMMs by unit slices (each thread keeps its
+  // slice of the weights), then the pointwise pass by row groups, on whole rows (recf), where
+  // project_done also runs on the step's rows. With a projection it splits by rows alone.
+  const bool two = cell.whole_rows && !proj && !L.single_step();
+  if (cell.project_done && !fused && !two) {
     AllSteps<T> a;
     fill_steps(L, a);
     a.g = g;
@@ -468,17 +509,62 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
   permute_in(S, h0, Rh, hs);
   if (cell.has_c) permute_in(S, c0, H, cs);
 
+  if (two && cell.num_blocks != 1) throw std::logic_error("a whole-row cell has one recurrent GEMM");
   const Split sp = plan_split(S, H, proj ? Rh : 0, L.threads, L.single_step(), L.step.packed_size(1, 1),
-                              cell.whole_rows);
-  const PackedSlices<T> packed(L, sp, true, fused);
+                              cell.whole_rows && !two, two);
+  const PackedSlices<T> packed(L, sp, true, fused, two);
   note_packed(packed.buf.size() * int64_t(sizeof(T)));
-  const int nb = cell.num_blocks, per_step = nb + (proj ? 1 : 0);
+  Buffer<T> recf(two ? S.N * G : 0);
+  const int nb = cell.num_blocks, per_step = two ? 2 : nb + (proj ? 1 : 0);
+
+  auto two_phase = [&](const Place& pl, int64_t s, int k) {
+    const int c = pl.c;
+    if (k == 0) {  // slice c of every running row: its projection (fused), its recurrent GEMM
+      const int64_t m = S.B[s], j0 = pl.j0, w = pl.w;
+      if (m <= 0 || w <= 0) return;
+      T* g_rows = gslot(s);
+      if (fused)
+        for (int q = 0; q < cell.gates; ++q)
+          L.step.gemm(m, L.D, w, xp + S.O[s] * L.D, L.D, packed.ih(c, q), false, g_rows + q * H + j0, W);
+      for (int q = 0; q < cell.gates; ++q)
+        L.step.gemm(m, H, w, hs + S.O[s] * H, H, packed.gate(L, sp, c, q), false, recf.data() + q * H + j0, G);
+      return;
+    }
+    const int64_t r0 = sp.group_cut[c], m = std::min(S.B[s], sp.group_cut[c + 1]) - r0;
+    if (m <= 0) return;
+    T* g_rows = gslot(s) + r0 * W;
+    if (cell.project_done) {
+      AllSteps<T> a;
+      fill_steps(L, a);
+      a.g = g_rows;
+      a.ldg = W;
+      a.r1 = m;
+      cell.project_done(a);
+    }
+    Step<T> st;
+    st.m = m;
+    st.n = H;
+    st.H = H;
+    st.g = g_rows;
+    st.ldg = W;
+    st.rec = recf.data() + r0 * G;
+    st.rs = H;
+    L.slice_params(0, st);
+    st.h_prev = hs + (S.O[s] + r0) * H;
+    st.h = hs + (S.O[s + 1] + r0) * H;
+    if (cell.has_c) {
+      st.c_prev = cs + ((c_slots ? S.O[s] : 0) + r0) * H;
+      st.c = cs + ((c_slots ? S.O[s + 1] : 0) + r0) * H;
+    }
+    cell.forward(0, st);
+  };
 
   // stage s * per_step + k: block k's GEMM of step s and the cell's phase k, for one item; then,
   // when projecting, the item's part of h = m W_hr^T
   run_time_loop(L, sp, packed, true, S.T * per_step, [&](const Place& pl, int64_t stage) {
     const int64_t s = stage / per_step;
     const int k = int(stage % per_step);
+    if (two) return two_phase(pl, s, k);
     const int c = pl.c;
     const int64_t i0 = pl.i0, i1 = pl.i1, j0 = pl.j0, w = pl.w;
     const int64_t m = std::min(S.B[s], i1) - i0;
@@ -598,8 +684,9 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
     for (int64_t s = 0; s < S.T; ++s) zero(dHT.data() + (S.O[s] + S.B[s]) * Rh, (S.slot_rows(s) - S.B[s]) * Rh);
   }
 
+  const bool two = cell.whole_rows && !proj && !L.single_step();  // as in forward_dir
   const Split sp = plan_split(S, H, proj ? Rh : 0, L.threads, L.single_step(), L.step.packed_size(1, 1),
-                              cell.whole_rows);
+                              cell.whole_rows && !two, two);
   const PackedSlices<T> packed(L, sp, false);
   note_packed(packed.buf.size() * int64_t(sizeof(T)));
   const int nb = cell.num_blocks;
@@ -648,7 +735,25 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
                      out, ldo);
   };
 
-  if (!proj) {
+  if (two) {
+    // Whole-row cells: stage 2p, the GEMM of step T - p (slice c of d h_prev, every running row);
+    // stage 2p + 1, the pointwise backward of step T - 1 - p on row group c, whole rows.
+    run_time_loop(L, sp, packed, false, 2 * S.T + 1, [&](const Place& pl, int64_t stage) {
+      const int64_t p = stage / 2;
+      if (stage % 2 == 0) {
+        if (p > 0 && S.B[S.T - p] > 0) block_gemm(pl, S.T - p, 0, S.B[S.T - p], pl.j0, pl.w, true);
+        return;
+      }
+      const int64_t s = S.T - 1 - p;
+      Place rows = pl;
+      rows.i0 = sp.group_cut[pl.c];
+      rows.i1 = sp.group_cut[pl.c + 1];
+      rows.j0 = 0;
+      rows.w = H;
+      const int64_t m = std::min(S.B[s], rows.i1) - rows.i0;
+      if (m > 0) cell_backward(rows, s, 0, m);
+    });
+  } else if (!proj) {
     // Pair p = (step s, block k), steps from the last, blocks in reverse: the cell's backward phase
     // k on the item's units, then (next stage, once every unit's gate gradients are there) block
     // k's GEMM into the item's units of d h_prev or of the extra operand.
@@ -718,7 +823,7 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
   all.drec = dR;
   all.ldd = ldd;
   for (int k = 0; k < cell.num_params; ++k) all.dp[k] = gr.p[k];
-  if (cell.param_grads) cell.param_grads(all);
+  if (cell.param_grads) run_unitwise(L, cell.param_grads, all);
   for (int k = 0; k < cell.num_blocks; ++k) {
     const Block& bk = cell.blocks[k];
     const T* op = bk.op_col < 0 ? hs : g + bk.op_col * H;

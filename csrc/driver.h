@@ -30,7 +30,7 @@ class Buffer {
   explicit Buffer(int64_t n) : n_(n) {
     if (n > 0) {
       const size_t bytes = ((size_t(n) * sizeof(T) + 63) / 64) * 64;
-      p_.reset(static_cast<T*>(aligned_malloc(64, bytes)));
+      p_.reset(static_cast<T*>(workspace_malloc(bytes)));
       if (!p_) throw std::bad_alloc();
     }
   }

@@ -7,6 +7,9 @@
 #if defined(_WIN32)
 #include <malloc.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
 #define RNNCORE_X86 1
@@ -30,6 +33,24 @@ inline void* aligned_malloc(size_t alignment, size_t bytes) {
 #else
   return std::aligned_alloc(alignment, bytes);
 #endif
+}
+
+// The workspace of a call: large buffers (a training forward's cache, the gradients of every step)
+// are written once per call, each page faulted in and zeroed by the kernel first. On Linux, where
+// transparent huge pages are often granted on request only ("madvise"), those of 8 MiB and more
+// ask for them: 2 MiB pages, 512 times fewer faults. Elsewhere, as aligned_malloc.
+inline void* workspace_malloc(size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr size_t kHuge = size_t(2) << 20;
+  static const bool off = std::getenv("RNNCORE_NO_THP") != nullptr;
+  if (bytes >= 4 * kHuge && !off) {
+    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = std::aligned_alloc(kHuge, rounded);
+    if (p) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
+    return p;
+  }
+#endif
+  return aligned_malloc(64, bytes);
 }
 
 inline void aligned_free(void* p) {

@@ -51,6 +51,7 @@ template <class T>
 struct AllSteps {
   int64_t steps = 0, H = 0, R = 0;  // steps, hidden size, rows of g (O[steps])
   int64_t r0 = 0, r1 = 0;           // the rows a row-wise hook (project_done, input_grads) works on
+  int64_t u0 = 0, u1 = 0;           // the units whose parameters' gradients param_grads computes
   const int64_t* O = nullptr;       // steps + 2 slot offsets
   const int64_t* B = nullptr;       // rows running at each step
   const T* p[kMaxParams] = {};      // the parameters (not advanced)
@@ -114,14 +115,17 @@ struct CellSpec {
   bool keeps_cache = false; // backward reads the cache (else only h, c)
   bool separate_rec_grad = false;
   int grad_cols = 0;        // columns of dg beyond G*H, in units of H
-  bool whole_rows = false;  // the pointwise pass needs every unit of a row: no unit slices
+  bool whole_rows = false;  // the pointwise pass needs every unit of a row: the GEMMs run by unit
+                            //   slices, then (one stage more) the pointwise pass by row groups
   int num_blocks = 1;
   Block blocks[2] = {};
   void (*forward)(int phase, const Step<T>&) = nullptr;   // phase k runs after block k's GEMM
   void (*backward)(int phase, const Step<T>&) = nullptr;  // phase k runs before block k's GEMM
-  // Optional hooks outside the time loop (null: nothing to do). The row-wise ones run over the
-  // team, each thread on rows [r0, r1); param_grads runs once, on every row.
-  void (*project_done)(const AllSteps<T>&) = nullptr;  // after the input projection of every step
+  // Optional hooks outside the time loop (null: nothing to do), over the team: the row-wise ones
+  // each on rows [r0, r1), param_grads each on units [u0, u1) (the entries of a (rows, H) or
+  // (rows * H,) parameter at those units), summing over every row in order.
+  void (*project_done)(const AllSteps<T>&) = nullptr;  // after the input projection (in the time
+                                                       //   loop's pointwise stage for whole-row cells)
   void (*input_grads)(const AllSteps<T>&) = nullptr;   // after the loop, turns dg into the gradient
                                                        //   of the input projection (default: it is)
   void (*param_grads)(const AllSteps<T>&) = nullptr;   // the gradients of parameters 3 and on

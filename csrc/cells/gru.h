@@ -75,7 +75,7 @@ struct GRUCell : CellDefaults {
   // b_hn's gradient: the column sums of the recurrent-side gradient of n (reset_after).
   template <class T>
   static void param_grads(const AllSteps<T>& a) {
-    if (ResetAfter) column_sums(a.drec + 2 * a.H, a.R, a.H, a.ldd, a.dp[kBhn]);
+    if (ResetAfter) column_sums(a.drec + 2 * a.H + a.u0, a.R, a.u1 - a.u0, a.ldd, a.dp[kBhn] + a.u0);
   }
 
   // Phases run in reverse: seed form phase 1 (h, n and the raw dz), the driver's GEMM

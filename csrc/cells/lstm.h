@@ -114,15 +114,16 @@ struct LSTMCell : CellDefaults {
   template <class T>
   static void param_grads(const AllSteps<T>& a) {
     if constexpr (Peephole) {
-      const int64_t H = a.H;
+      const int64_t H = a.H, u0 = a.u0, u1 = a.u1;
       T* dp = a.dp[kPeep];
-      for (int64_t j = 0; j < 3 * H; ++j) dp[j] = T(0);
+      for (int q = 0; q < 3; ++q)
+        for (int64_t j = u0; j < u1; ++j) dp[q * H + j] = T(0);
       for (int64_t s = 0; s < a.steps; ++s)
         for (int64_t i = 0; i < a.B[s]; ++i) {
           const T* d = a.dg + (a.O[s] + i) * a.ldd;
           const T* cp = a.cs + (a.O[s] + i) * H;
           const T* c = a.cs + (a.O[s + 1] + i) * H;
-          for (int64_t j = 0; j < H; ++j) {
+          for (int64_t j = u0; j < u1; ++j) {
             dp[j] += d[j] * cp[j];
             dp[H + j] += d[H + j] * cp[j];
             dp[2 * H + j] += d[3 * H + j] * c[j];

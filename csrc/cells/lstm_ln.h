@@ -3,9 +3,10 @@
 //   c = f * c_prev + i * g                       (the carried c is not normalised)
 //   h = o * tanh(LN(c; gamma_c, beta_c))
 // LN(v) = gamma * (v - mean(v)) / sqrt(var(v) + eps) + beta, population variance, eps = 1e-5.
-// LN needs whole rows, so the driver gives this cell whole rows (no unit slices). The input's LN
-// runs over every step's projection at once, before the time loop (project_done), its backward
-// after it (input_grads); the recurrent and cell LNs and their backward are fused into the step.
+// LN needs whole rows, so the driver gives this cell's pointwise pass whole rows (whole_rows: the
+// GEMMs by unit slices, then the pointwise pass by row groups). The input's LN runs on each
+// step's rows in that pass (project_done), its backward over every step after the loop
+// (input_grads); the recurrent and cell LNs and their backward are fused into the step.
 //
 // Cache row: activated i, f, g, o | x^ (the normalised input projection) | h^ (the normalised
 // recurrent part) | c^ | 1/sqrt(var + eps) of the three. Gradient row: the gates' | that of LN(c).
@@ -181,34 +182,38 @@ struct LayerNormLSTMCell : CellDefaults {
     }
   }
 
-  // gamma and beta of the three LNs: sums over every step's rows, in order (dead rows are zero).
+  // gamma and beta of the three LNs at units [u0, u1): sums over every step's rows, in order
+  // (dead rows are zero).
   template <class T>
   static void param_grads(const AllSteps<T>& a) {
-    const int64_t H = a.H, G = 4 * H;
-    T* dgx = a.dp[kGx];
-    T* dbx = a.dp[kBx];
-    T* dgh = a.dp[kGh];
-    T* dbh = a.dp[kBh];
-    T* dgc = a.dp[kGc];
-    T* dbc = a.dp[kBc];
-    for (int64_t j = 0; j < G; ++j) dgx[j] = dbx[j] = dgh[j] = dbh[j] = T(0);
-    for (int64_t j = 0; j < H; ++j) dgc[j] = dbc[j] = T(0);
-    for (int64_t r = 0; r < a.R; ++r) {
-      const T* da = a.dg + r * a.ldd;
-      const T* dnc = da + G;
-      const T* row = a.g + r * a.ldg;
-      const T* xn = row + kX * H;
-      const T* hn = row + kHh * H;
-      const T* cn = row + kC * H;
-      RNNCORE_IVDEP
-      for (int64_t j = 0; j < G; ++j) {
-        dgx[j] += da[j] * xn[j];
-        dbx[j] += da[j];
-        dgh[j] += da[j] * hn[j];
-        dbh[j] += da[j];
+    const int64_t H = a.H, G = 4 * H, u0 = a.u0, n = a.u1 - a.u0;
+    for (int q = 0; q < 4; ++q) {  // the (4H,) vectors at these units, gate by gate
+      T* dgx = a.dp[kGx] + q * H + u0;
+      T* dbx = a.dp[kBx] + q * H + u0;
+      T* dgh = a.dp[kGh] + q * H + u0;
+      T* dbh = a.dp[kBh] + q * H + u0;
+      for (int64_t j = 0; j < n; ++j) dgx[j] = dbx[j] = dgh[j] = dbh[j] = T(0);
+      for (int64_t r = 0; r < a.R; ++r) {
+        const T* __restrict da = a.dg + r * a.ldd + q * H + u0;
+        const T* __restrict xn = a.g + r * a.ldg + kX * H + q * H + u0;
+        const T* __restrict hn = a.g + r * a.ldg + kHh * H + q * H + u0;
+        RNNCORE_IVDEP
+        for (int64_t j = 0; j < n; ++j) {
+          dgx[j] += da[j] * xn[j];
+          dbx[j] += da[j];
+          dgh[j] += da[j] * hn[j];
+          dbh[j] += da[j];
+        }
       }
+    }
+    T* dgc = a.dp[kGc] + u0;
+    T* dbc = a.dp[kBc] + u0;
+    for (int64_t j = 0; j < n; ++j) dgc[j] = dbc[j] = T(0);
+    for (int64_t r = 0; r < a.R; ++r) {
+      const T* __restrict dnc = a.dg + r * a.ldd + G + u0;
+      const T* __restrict cn = a.g + r * a.ldg + kC * H + u0;
       RNNCORE_IVDEP
-      for (int64_t j = 0; j < H; ++j) {
+      for (int64_t j = 0; j < n; ++j) {
         dgc[j] += dnc[j] * cn[j];
         dbc[j] += dnc[j];
       }
