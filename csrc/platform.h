@@ -42,8 +42,7 @@ inline void* aligned_malloc(size_t alignment, size_t bytes) {
 inline void* workspace_malloc(size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr size_t kHuge = size_t(2) << 20;
-  static const bool off = std::getenv("RNNCORE_NO_THP") != nullptr;
-  if (bytes >= 4 * kHuge && !off) {
+  if (bytes >= 4 * kHuge) {
     const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
     void* p = std::aligned_alloc(kHuge, rounded);
     if (p) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
