@@ -517,6 +517,15 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
   Buffer<T> recf(two ? S.N * G : 0);
   const int nb = cell.num_blocks, per_step = two ? 2 : nb + (proj ? 1 : 0);
 
+  // a project_done cell's hook on m rows of one step's projection (whole rows)
+  auto project_done_on = [&](T* rows, int64_t m) {
+    AllSteps<T> a;
+    fill_steps(L, a);
+    a.g = rows;
+    a.ldg = W;
+    a.r1 = m;
+    cell.project_done(a);
+  };
   auto two_phase = [&](const Place& pl, int64_t s, int k) {
     const int c = pl.c;
     if (k == 0) {  // slice c of every running row: its projection (fused), its recurrent GEMM
@@ -533,14 +542,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     const int64_t r0 = sp.group_cut[c], m = std::min(S.B[s], sp.group_cut[c + 1]) - r0;
     if (m <= 0) return;
     T* g_rows = gslot(s) + r0 * W;
-    if (cell.project_done) {
-      AllSteps<T> a;
-      fill_steps(L, a);
-      a.g = g_rows;
-      a.ldg = W;
-      a.r1 = m;
-      cell.project_done(a);
-    }
+    if (cell.project_done) project_done_on(g_rows, m);
     Step<T> st;
     st.m = m;
     st.n = H;
@@ -586,14 +588,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     if (fused && k == 0) {
       for (int q = 0; q < cell.gates; ++q)
         L.step.gemm(m, L.D, w, xp + (S.O[s] + i0) * L.D, L.D, packed.ih(c, q), false, g_rows + q * H + j0, W);
-      if (cell.project_done) {
-        AllSteps<T> a;
-        fill_steps(L, a);
-        a.g = g_rows;
-        a.ldg = W;
-        a.r1 = m;
-        cell.project_done(a);
-      }
+      if (cell.project_done) project_done_on(g_rows, m);
     }
     const T* op = bk.op_col < 0 ? hs + (S.O[s] + i0) * Rh : g_rows + bk.op_col * H;
     const int64_t ld = bk.op_col < 0 ? Rh : W;
