@@ -447,17 +447,6 @@ def test_convert_checks_everything_before_changing_anything():
         rt.convert("model")
 
 
-def test_proj_size_is_refused_by_a_core_without_it(monkeypatch):
-    monkeypatch.setattr(rt, "_PROJ", False)          # what the detection finds in an rnncore without proj_size
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        rt.LSTM(D, H, proj_size=3)
-    model = torch.nn.Sequential(torch.nn.LSTM(D, H, proj_size=3))
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        rt.convert(model)
-    assert type(model[0]) is torch.nn.LSTM
-
-
-@pytest.mark.skipif(not rt._core_has_proj_size(), reason="rnncore.LSTM does not take proj_size yet")
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("layout", ["tm", "bf", "packed", "unbatched"])
 def test_matches_torch_proj_size(bidirectional, layout):

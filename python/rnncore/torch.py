@@ -124,12 +124,6 @@ class _Module:
             return "gru_after" if self.reset_after else "gru"
         return "rnn_tanh" if self.mode == "RNN_TANH" else "rnn_relu"
 
-    def _check_proj_size(self):
-        if getattr(self, "proj_size", 0) and not _core_has_proj_size():
-            raise NotImplementedError(
-                f"proj_size: rnncore.torch.LSTM(proj_size={self.proj_size}) needs rnncore.LSTM to take proj_size, "
-                f"and this rnncore's LSTM does not; use proj_size=0, or torch.nn.LSTM for projections")
-
     def _core_template(self, dtype, batch_first, dropout):
         """An rnncore model of this configuration without parameters, cached per (dtype, layout, dropout)."""
         key = (dtype, batch_first, dropout, self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
@@ -180,12 +174,8 @@ class _Module:
             elif kind == "b_hn":
                 out.append(getattr(self, "bias_hh" + sfx)[2 * shape[0]:] if self.bias
                            else torch.zeros(shape, dtype=self._dtype()))
-            else:                                  # a parameter the core gained (e.g. W_hr): torch's weight_hr
-                t = getattr(self, "weight" + kind[1:] + sfx, None)
-                if t is None:
-                    raise NotImplementedError(f"rnncore.torch: rnncore's parameter {name!r} has no counterpart "
-                                              f"in {type(self).__name__}")
-                out.append(t)
+            else:                                  # W_hr (proj_size): torch's weight_hr, the same matrix
+                out.append(getattr(self, "weight_hr" + sfx))
         return out
 
     def _dtype(self):
@@ -238,7 +228,6 @@ class _Module:
     # -- forward -------------------------------------------------------------------------------
 
     def _rnncore_forward(self, input, hx=None):
-        self._check_proj_size()
         dtype = self._check_parameters()
         name = type(self).__name__
         has_c = self.mode == "LSTM"
@@ -336,21 +325,6 @@ def _gru_sign(G, like):
     return torch.from_numpy(_convert._z_sign("gru_after", G // 3, _NP_DTYPES[like.dtype])).unsqueeze(1)
 
 
-_PROJ = None
-
-
-def _core_has_proj_size():
-    """Whether this rnncore's LSTM takes proj_size (tried once)."""
-    global _PROJ
-    if _PROJ is None:
-        try:
-            models.LSTM._unparameterised(dict(input_size=1, hidden_size=2, proj_size=1))
-            _PROJ = True
-        except TypeError:
-            _PROJ = False
-    return _PROJ
-
-
 def _compile_disabled(f):
     """f, run eagerly under torch.compile: the rest of a compiled model still compiles (README.md,
     "Inside PyTorch")."""
@@ -360,10 +334,6 @@ def _compile_disabled(f):
 
 class LSTM(_Module, torch.nn.LSTM):
     """``torch.nn.LSTM`` computed by rnncore (CPU, float32/float64): same arguments, parameters and results."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check_proj_size()
 
     forward = _compile_disabled(_Module._rnncore_forward)
 
@@ -434,7 +404,7 @@ def convert(model):
     updating them), buffers, hooks and train/eval mode: only their class changes, to
     ``rnncore.torch.LSTM``, ``GRU`` or ``RNN``. Subclasses of the torch modules (which may compute
     something else) are left alone. Checks every module before changing any: parameters on the CPU
-    in float32 or float64, and no ``proj_size`` unless rnncore's LSTM has it.
+    in float32 or float64.
     """
     found = _walk(model, _TO_RNNCORE)
     for name, m in found:
@@ -442,8 +412,7 @@ def convert(model):
             probe = object.__new__(_TO_RNNCORE[type(m)])
             probe.__dict__.update(m.__dict__)
             probe._check_parameters()
-            probe._check_proj_size()
-        except (TypeError, ValueError, NotImplementedError) as e:
+        except (TypeError, ValueError) as e:
             raise type(e)(f"model: submodule {name!r} cannot compute on rnncore: {e}") from None
     for _, m in found:
         m.__class__ = _TO_RNNCORE[type(m)]
