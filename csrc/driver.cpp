@@ -287,32 +287,28 @@ void fill_steps(const Layer<T>& L, AllSteps<T>& a) {
   for (int k = 0; k < L.cell.num_params; ++k) a.p[k] = L.w.p[k];
 }
 
-// A row-wise hook over the team: rows [0, R) in shares of whole 8-row groups.
-template <class T>
-void run_rowwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), AllSteps<T> a) {
-  const int64_t R = a.R;
-  const int items = int(std::max<int64_t>(1, std::min<int64_t>(L.threads, R / 16)));
-  if (!run_stages(L.threads, items, 1, [&](int it, int64_t) {
-        AllSteps<T> mine = a;
-        mine.r0 = std::min(R, (R * it / items + 7) / 8 * 8);
-        mine.r1 = it + 1 == items ? R : std::min(R, (R * (it + 1) / items + 7) / 8 * 8);
-        hook(mine);
-      }))
-    throw Interrupted();
-}
-
-// param_grads over the team: units [0, H) in shares of whole 16-unit groups.
-template <class T>
-void run_unitwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), AllSteps<T> a) {
-  const int64_t H = L.H, groups = (H + 15) / 16;
+// A hook over the team, once: [0, n) in shares of whole `group`-sized groups, each thread's share
+// set by `share` (row-wise hooks: rows r0, r1; param_grads: units u0, u1).
+template <class T, class Share>
+void run_split(const Layer<T>& L, void (*hook)(const AllSteps<T>&), const AllSteps<T>& a, int64_t n, int64_t group,
+               const Share& share) {
+  const int64_t groups = (n + group - 1) / group;
   const int items = int(std::max<int64_t>(1, std::min<int64_t>(L.threads, groups)));
   if (!run_stages(L.threads, items, 1, [&](int it, int64_t) {
         AllSteps<T> mine = a;
-        mine.u0 = std::min(H, groups * it / items * 16);
-        mine.u1 = std::min(H, groups * (it + 1) / items * 16);
-        if (mine.u1 > mine.u0) hook(mine);
+        const int64_t i0 = std::min(n, groups * it / items * group), i1 = std::min(n, groups * (it + 1) / items * group);
+        share(mine, i0, i1);
+        if (i1 > i0) hook(mine);
       }))
     throw Interrupted();
+}
+template <class T>
+void run_rowwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), const AllSteps<T>& a) {
+  run_split(L, hook, a, a.R, 16, [](AllSteps<T>& m, int64_t i0, int64_t i1) { m.r0 = i0, m.r1 = i1; });
+}
+template <class T>
+void run_unitwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), const AllSteps<T>& a) {
+  run_split(L, hook, a, L.H, 16, [](AllSteps<T>& m, int64_t i0, int64_t i1) { m.u0 = i0, m.u1 = i1; });
 }
 
 // W_hh packed by slice, for each block k and slice c. Forward: B = the block's rows of the
@@ -526,6 +522,31 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     a.r1 = m;
     cell.project_done(a);
   };
+  // The cell's forward phase k of step s on rows [i0, i0 + m), units [j0, j0 + w), its recurrent
+  // GEMM's result at rec (gate stride rs).
+  auto cell_forward = [&](int64_t s, int k, int64_t i0, int64_t m, int64_t j0, int64_t w, const T* rec_rows,
+                          int64_t rs) {
+    Step<T> st;
+    st.m = m;
+    st.n = w;
+    st.H = H;
+    st.g = gslot(s) + i0 * W + j0;
+    st.ldg = W;
+    st.rec = rec_rows;
+    st.rs = rs;
+    L.slice_params(j0, st);
+    if (proj) {  // a projecting cell reads no h_prev (its h_prev enters only through W_hh)
+      st.h = mrow(s, i0) + j0;
+    } else {
+      st.h_prev = hs + (S.O[s] + i0) * H + j0;
+      st.h = hs + (S.O[s + 1] + i0) * H + j0;
+    }
+    if (cell.has_c) {
+      st.c_prev = cs + ((c_slots ? S.O[s] : 0) + i0) * H + j0;
+      st.c = cs + ((c_slots ? S.O[s + 1] : 0) + i0) * H + j0;
+    }
+    cell.forward(k, st);
+  };
   auto two_phase = [&](const Place& pl, int64_t s, int k) {
     const int c = pl.c;
     if (k == 0) {  // slice c of every running row: its projection (fused), its recurrent GEMM
@@ -541,24 +562,8 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
     }
     const int64_t r0 = sp.group_cut[c], m = std::min(S.B[s], sp.group_cut[c + 1]) - r0;
     if (m <= 0) return;
-    T* g_rows = gslot(s) + r0 * W;
-    if (cell.project_done) project_done_on(g_rows, m);
-    Step<T> st;
-    st.m = m;
-    st.n = H;
-    st.H = H;
-    st.g = g_rows;
-    st.ldg = W;
-    st.rec = recf.data() + r0 * G;
-    st.rs = H;
-    L.slice_params(0, st);
-    st.h_prev = hs + (S.O[s] + r0) * H;
-    st.h = hs + (S.O[s + 1] + r0) * H;
-    if (cell.has_c) {
-      st.c_prev = cs + ((c_slots ? S.O[s] : 0) + r0) * H;
-      st.c = cs + ((c_slots ? S.O[s + 1] : 0) + r0) * H;
-    }
-    cell.forward(0, st);
+    if (cell.project_done) project_done_on(gslot(s) + r0 * W, m);
+    cell_forward(s, 0, r0, m, 0, H, recf.data() + r0 * G, H);
   };
 
   // stage s * per_step + k: block k's GEMM of step s and the cell's phase k, for one item; then,
@@ -598,26 +603,7 @@ void forward_dir(const Layer<T>& L, const T* in, const T* h0, const T* c0, bool 
       for (int q = bk.row0; q < bk.row1; ++q)
         L.step.gemm_nt(m, Rh, w, op, ld, L.W_hh() + (q * H + j0) * Rh, Rh, false, rec_it + q * w, ldr);
     }
-    Step<T> st;
-    st.m = m;
-    st.n = w;
-    st.H = H;
-    st.g = g_rows + j0;
-    st.ldg = W;
-    st.rec = rec_it;
-    st.rs = w;
-    L.slice_params(j0, st);
-    if (proj) {  // a projecting cell reads no h_prev (its h_prev enters only through W_hh)
-      st.h = mrow(s, i0) + j0;
-    } else {
-      st.h_prev = hs + (S.O[s] + i0) * H + j0;
-      st.h = hs + (S.O[s + 1] + i0) * H + j0;
-    }
-    if (cell.has_c) {
-      st.c_prev = cs + ((c_slots ? S.O[s] : 0) + i0) * H + j0;
-      st.c = cs + ((c_slots ? S.O[s + 1] : 0) + i0) * H + j0;
-    }
-    cell.forward(k, st);
+    cell_forward(s, k, i0, m, j0, w, rec_it, w);
   });
 
   scatter(S, L.d, hs, Rh, 1, y + L.d * Rh, y_ld, false);

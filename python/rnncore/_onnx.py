@@ -1268,14 +1268,19 @@ def _graph_import(proto, ctx, for_model):
 def import_graph(source, node=None, base_dir=None):
     """Read an ONNX model (path, bytes or ModelProto) as an :class:`OnnxImport`; see ``from_onnx``.
     Unlike ``from_onnx`` it honours constant initial states and sequence_lens: ``run`` passes them."""
+    return _import(source, node, base_dir, for_model=False)
+
+
+def _import(source, node, base_dir, for_model):
+    """The OnnxImport of ``source`` (or of its node ``node``); for_model: as ``from_onnx`` reads it."""
     proto, base_dir = _load(source, base_dir)
     _check_opset(proto)
     ctx = _Ctx(proto, base_dir)
     try:
         if node is not None:
             scope, n = _select(proto, ctx, node)
-            return _node_import(scope, n)
-        return _graph_import(proto, ctx, for_model=False)
+            return _node_import(scope, n, for_model=for_model)
+        return _graph_import(proto, ctx, for_model=for_model)
     except RecursionError:
         raise _err("the graph nests too deeply to read") from None
 
@@ -1294,13 +1299,4 @@ def from_onnx(source, node=None, base_dir=None):
     the model file's folder; required for bytes and ModelProto sources). Raises ValueError naming
     the node and the feature rnncore cannot represent.
     """
-    proto, base_dir = _load(source, base_dir)
-    _check_opset(proto)
-    ctx = _Ctx(proto, base_dir)
-    try:
-        if node is not None:
-            scope, n = _select(proto, ctx, node)
-            return _node_import(scope, n, for_model=True).model
-        return _graph_import(proto, ctx, for_model=True).model
-    except RecursionError:
-        raise _err("the graph nests too deeply to read") from None
+    return _import(source, node, base_dir, for_model=True).model
