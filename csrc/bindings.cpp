@@ -208,11 +208,14 @@ std::vector<LayerParams<T>> params_of(const Config& c, const py::list& weights, 
   std::vector<LayerParams<T>> out;
   for (int64_t k = 0; k < p.layers * p.dirs; ++k) {
     auto t = weights[k].cast<py::sequence>();
-    std::string names;
-    for (const ParamInfo& info : c.params) names += std::string(names.empty() ? "" : ", ") + info.name;
-    if (int64_t(t.size()) < c.num_params) throw py::value_error("weights: each entry is (" + names + ")");
+    auto bad = [&](const char* more) {  // the message names the cell's parameters
+      std::string names;
+      for (const ParamInfo& info : c.params) names += std::string(names.empty() ? "" : ", ") + info.name;
+      return py::value_error("weights: each entry is (" + names + ")" + more);
+    };
+    if (int64_t(t.size()) < c.num_params) throw bad("");
     for (size_t q = size_t(c.num_params); q < t.size(); ++q)
-      if (!t[q].is_none()) throw py::value_error("weights: each entry is (" + names + "), then only None");
+      if (!t[q].is_none()) throw bad(", then only None");
     const int64_t D = k < p.dirs ? p.D : p.dirs * p.R();
     LayerParams<T> lp;
     for (int q = 0; q < c.num_params; ++q) {
