@@ -426,8 +426,14 @@ PYBIND11_MODULE(_core, m) {
     d["stalls"] = t.stalls;
     d["moves"] = t.moves;
     d["workers"] = t.workers;
+    d["openmp_calls"] = t.openmp_calls;
     return d;
   }, "Counters of the team since the process started (rnncore.team_stats explains them).");
+  m.def("attach_openmp", [](const std::string& path) { return attach_openmp(path.c_str()); }, py::arg("path"),
+        "run the team's calls on the threads of the OpenMP runtime already loaded from `path` ('': the "
+        "process's global symbols); returns whether it was found (team.h)");
+  m.def("detach_openmp", &detach_openmp, "run the team's calls on rnncore's own threads again");
+  m.def("openmp_attached", &openmp_attached, "whether calls run on a lent OpenMP runtime's threads");
   m.def("blas_corename", &blas_corename, "OpenBLAS's kernel family on this CPU (openblas_get_corename).");
   m.def("blas_config", &blas_config, "OpenBLAS's build configuration string (openblas_get_config).");
   m.def("kernel_isa", &kernel_isa, "instruction-set build of the pointwise kernels in use");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <system_error>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 #endif
 #if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
 #include <pthread.h>
 #endif
 #if defined(__linux__)
@@ -38,7 +40,7 @@ std::atomic<int> g_team_size{1};
 std::atomic<int> g_interrupt{0};
 thread_local bool tl_watch = false;
 std::atomic<int64_t> g_moves{0};
-std::atomic<int64_t> g_team_calls{0}, g_solo_calls{0}, g_steals{0}, g_workers{0};
+std::atomic<int64_t> g_team_calls{0}, g_solo_calls{0}, g_steals{0}, g_workers{0}, g_openmp_calls{0};
 
 using Clock = std::chrono::steady_clock;
 int64_t now_ns() {
@@ -358,12 +360,68 @@ class Team {
   int workers_ = 0;  // changed only by the call that holds the team
 };
 
+// An OpenMP runtime lent by the process (attach_openmp): the three entry points a call needs.
+// GOMP_parallel is the GNU ABI's "run fn on a team of threads and join"; LLVM's and Intel's
+// runtimes export it too. Once attached, a runtime is never unloaded (its handle is kept), so
+// the pointers stay valid; detaching only stops using them.
+struct OpenMP {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned);
+  int (*thread_num)();
+  int (*in_parallel)();
+};
+std::atomic<const OpenMP*> g_openmp{nullptr};
+
+struct Region {
+  const OpenMP* omp;
+  Job* job;
+  std::atomic<bool> ok{true};
+  std::mutex mutex;
+  std::exception_ptr error;
+};
+
+// One thread of the region: the runtime's thread q plays the team's thread q (0 is the caller).
+void region_body(void* arg) {
+  Region& r = *static_cast<Region*>(arg);
+  Job& job = *r.job;
+  const int q = r.omp->thread_num();
+  if (q >= job.n) return;
+  try {
+    if (q == 0) {
+      if (!job.participate(0, true)) r.ok.store(false);
+    } else {
+      const FpMode own = fp_mode();
+      set_fp_mode(job.fp);
+      job.participate(q, false);
+      set_fp_mode(own);
+    }
+  } catch (...) {  // nothing may leave a parallel region: stop the job, rethrow after the join
+    std::lock_guard<std::mutex> lock(r.mutex);
+    if (!r.error) r.error = std::current_exception();
+    r.ok.store(false);
+    job.stop.store(true);
+    job.notify();
+  }
+}
+
+// Runs the job as one parallel region of the runtime; the region's join is the end of the call.
+bool run_on_openmp(const OpenMP& omp, Job& job) {
+  Region r;
+  r.omp = &omp;
+  r.job = &job;
+  omp.parallel(&region_body, &r, static_cast<unsigned>(job.n), 0);
+  if (r.error) std::rethrow_exception(r.error);
+  return r.ok.load();
+}
+
 std::atomic<Team*> g_team{nullptr};
 
 void forget_team_after_fork() {
   // The child has none of the parent's threads: leave the old team (its workers do not exist
-  // here, its locks may be held) and start a new one on the next call.
+  // here, its locks may be held) and start a new one on the next call. A lent OpenMP runtime is
+  // given up too: GNU's does not survive fork (its pool's threads are gone, its state says
+  // otherwise), so the child's calls run on a team of rnncore's own.
   g_team.store(nullptr);
+  g_openmp.store(nullptr);
 }
 
 Team* team() {
@@ -398,8 +456,34 @@ void watch_interrupt(bool on) { tl_watch = on; }
 bool interrupted() { return tl_watch && g_interrupt.load(std::memory_order_relaxed) != 0; }
 
 TeamStats team_stats() {
-  return {g_team_calls.load(), g_solo_calls.load(), g_steals.load(), g_stalls.load(), g_moves.load(), g_workers.load()};
+  return {g_team_calls.load(), g_solo_calls.load(), g_steals.load(), g_stalls.load(),
+          g_moves.load(),      g_workers.load(),    g_openmp_calls.load()};
 }
+
+bool attach_openmp(const char* path) {
+#if defined(__unix__) || defined(__APPLE__)
+  const bool named = path && *path;
+  void* handle = named ? dlopen(path, RTLD_NOW | RTLD_NOLOAD) : RTLD_DEFAULT;  // RTLD_DEFAULT is null
+  if (named && !handle) return false;
+  using Parallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+  using Query = int (*)();
+  auto parallel = reinterpret_cast<Parallel>(dlsym(handle, "GOMP_parallel"));
+  auto thread_num = reinterpret_cast<Query>(dlsym(handle, "omp_get_thread_num"));
+  auto in_parallel = reinterpret_cast<Query>(dlsym(handle, "omp_in_parallel"));
+  if (!parallel || !thread_num || !in_parallel) {
+    if (named) dlclose(handle);
+    return false;
+  }
+  (void)team();  // the fork handler, which gives the runtime up in a child, is registered with the team
+  g_openmp.store(new OpenMP{parallel, thread_num, in_parallel});  // kept, like the handle
+  return true;
+#else
+  (void)path;
+  return false;
+#endif
+}
+void detach_openmp() { g_openmp.store(nullptr); }
+bool openmp_attached() { return g_openmp.load() != nullptr; }
 
 bool run_stages(int threads, int items, int64_t stages, StageWork& work) {
   const int n = threads < items ? threads : items;
@@ -423,9 +507,14 @@ bool run_stages(int threads, int items, int64_t stages, StageWork& work) {
   job->caller_cpu = current_cpu();
   job->fp = fp_mode();
   for (int i = 0; i < items; ++i) job->claimed[i].store(0);
+  // Inside a parallel region of the lent runtime (a caller already on its threads), a nested
+  // region would get one thread: rnncore's own team runs it instead.
+  const OpenMP* omp = g_openmp.load();
+  if (omp && omp->in_parallel()) omp = nullptr;
+  if (omp) g_openmp_calls.fetch_add(1, std::memory_order_relaxed);
   bool ok;
   try {
-    ok = t->run(job);
+    ok = omp ? run_on_openmp(*omp, *job) : t->run(job);
   } catch (...) {
     t->release();
     throw;

@@ -52,13 +52,25 @@ bool run_stages(int threads, int items, int64_t stages, const F& f) {
   return run_stages(threads, items, stages, static_cast<StageWork&>(w));
 }
 
+// Where a call's threads come from. By default, rnncore's own workers. A process that already
+// runs an OpenMP runtime for its other work (PyTorch's intra-op pool) can lend its threads
+// instead: then a call runs as one parallel region of that runtime, and the runtime's threads,
+// still spinning from the last operation of the host library, pick it up at once rather than
+// competing with rnncore's workers for the cores. The stage protocol is the same, so results
+// are the same bits. `path` names an OpenMP library already loaded in the process (it is never
+// loaded here); empty, the process's global symbols are searched. Returns whether the runtime
+// was found (on failure the team stays as it was); detach_openmp goes back to rnncore's own.
+bool attach_openmp(const char* path);
+void detach_openmp();
+bool openmp_attached();
+
 // Team statistics for tests and the benchmark: calls that used the team, calls that ran on their
 // caller alone (the team was busy, or recently stalled), items taken over from another thread,
 // stalls (a thread waited too long for an item another had started, and finished the call
-// alone), workers that moved off the caller's CPU at the start of a call, and worker threads
-// started.
+// alone), workers that moved off the caller's CPU at the start of a call, worker threads
+// started, and calls that ran on an attached OpenMP runtime's threads (counted in team_calls too).
 struct TeamStats {
-  int64_t team_calls, solo_calls, steals, stalls, moves, workers;
+  int64_t team_calls, solo_calls, steals, stalls, moves, workers, openmp_calls;
 };
 TeamStats team_stats();
 

@@ -12,7 +12,8 @@ from rnncore.bench import cli, torch_step  # noqa: E402
 
 def test_run_reports_every_shape_and_the_overhead():
     threads = rnncore.get_num_threads()
-    res = torch_step.run(shapes=[(5, 2, 8), (4, 3, 6)], threads=1, rounds=1, budget_s=0.01, overhead_shape=(5, 2, 8))
+    res = torch_step.run(shapes=[(5, 2, 8), (4, 3, 6)], threads=1, rounds=1, budget_s=0.01, overhead_shape=(5, 2, 8),
+                         gemm_size=128)
     assert rnncore.get_num_threads() == threads                     # restored
     assert [(r["T"], r["N"], r["H"]) for r in res["shapes"]] == [(5, 2, 8), (4, 3, 6)]
     for r in res["shapes"]:
@@ -22,6 +23,12 @@ def test_run_reports_every_shape_and_the_overhead():
         assert r["speedup"] == pytest.approx(r["median_s"]["torch.nn.LSTM"] / r["median_s"]["rnncore.torch.LSTM"])
         assert r["speedup_min"] == pytest.approx(r["min_s"]["torch.nn.LSTM"] / r["min_s"]["rnncore.torch.LSTM"])
         assert all(r["min_s"][k] <= r["median_s"][k] for k in r["min_s"])
+        # the floor: the step's FLOPs at the measured peak, and torch.nn's time over it
+        assert r["floor_s"] == pytest.approx(torch_step.lstm_step_flops(r["T"], r["N"], r["H"])
+                                             / (res["peak"]["gflops"] * 1e9))
+        assert r["max_speedup"] == pytest.approx(r["median_s"]["torch.nn.LSTM"] / r["floor_s"])
+        assert r["floor_s"] < r["min_s"]["rnncore.torch.LSTM"]       # microseconds of FLOPs, milliseconds of step
+    assert res["peak"]["source"] in res["peak"]["all_gflops"] and res["peak"]["gflops"] > 0
     o = res["overhead"]
     assert (o["T"], o["N"], o["H"]) == (5, 2, 8)
     assert o["overhead_s"] == pytest.approx(o["median_s"]["module"] - o["median_s"]["bare"])
@@ -30,6 +37,17 @@ def test_run_reports_every_shape_and_the_overhead():
     text = torch_step.to_text(res)
     assert "wrapper overhead" in text and "speedup" in text
     assert "| 5 | 2 | 8 |" in torch_step.to_markdown(res)
+
+
+def test_the_floor_counts_the_six_products_of_an_lstm_layer():
+    """Forward and backward of a layer at D = H: each of the six products (input projection,
+    recurrent product, their two transposes for dx and dh, dW_ih, dW_hh) multiplies T * N rows by
+    one weight matrix, 2 FLOPs per multiply-add."""
+    T, N, H = 7, 3, 5
+    m = rnncore.LSTM(H, H, seed=0)
+    p = m.parameters()
+    per_row = p["W_ih_l0"].size + p["W_hh_l0"].size              # one pass over both weights, per row
+    assert torch_step.lstm_step_flops(T, N, H) == 2 * 3 * T * N * per_row
 
 
 def test_cli_mode_writes_its_files(tmp_path, capsys):

@@ -141,6 +141,60 @@ def test_threadpoolctl_limits_the_team_and_never_threads_rnncores_blas(threads):
     assert rnncore.get_num_threads() == 2
 
 
+def _torch_openmp():
+    """Skips unless PyTorch is installed and runs its operations on OpenMP."""
+    torch = pytest.importorskip("torch")
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("PyTorch's parallel backend is not OpenMP here")
+
+
+def _shared_prelude(shared):
+    """Script lines that put rnncore's team on PyTorch's OpenMP threads (rnncore.torch does on import)."""
+    if not shared:
+        return ""
+    _torch_openmp()
+    return "import rnncore.torch; assert rnncore._core.openmp_attached()"
+
+
+@pytest.mark.parametrize("kind,kw", [(k, {}) for k in CELLS] + [("lstm", {"layer_norm": True}),
+                                                                ("lstm", {"proj_size": 24})])
+def test_calls_on_pytorchs_openmp_threads_give_the_same_bits(threads, kind, kw):
+    """rnncore.torch runs the team on PyTorch's OpenMP threads: every call then is one parallel
+    region of that runtime (counted in openmp_calls), and gives the bits of rnncore's own team."""
+    _torch_openmp()
+    import rnncore.torch as rt
+    rnncore.set_num_threads(2)
+    rng = np.random.default_rng(5)
+    m = make(kind, 12, 40, num_layers=2, bidirectional=True, **kw)
+    x = rng.standard_normal((9, 20, 12)).astype(np.float32)
+    lengths = rng.integers(1, 10, 20)
+    H_out = kw.get("proj_size", 40)
+    dy = rng.standard_normal((9, 20, 2 * H_out)).astype(np.float32)
+    try:
+        assert rt.share_threads(True)
+        before = rnncore.team_stats()["openmp_calls"]
+        shared = run_all(m, x, lengths, dy)
+        assert rnncore.team_stats()["openmp_calls"] > before
+        assert rt.share_threads(False) is False
+        before = rnncore.team_stats()["openmp_calls"]
+        own = run_all(m, x, lengths, dy)
+        assert rnncore.team_stats()["openmp_calls"] == before
+    finally:
+        rt.share_threads(True)       # as importing rnncore.torch left it
+    assert len(shared) == len(own)
+    for a, b in zip(shared, own):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_share_threads_takes_a_bool():
+    _torch_openmp()
+    import rnncore.torch as rt
+    for bad in ("yes", 1, None):
+        with pytest.raises(TypeError, match="on: expected a bool"):
+            rt.share_threads(bad)
+    assert rnncore._core.openmp_attached()
+
+
 def run_isolated(code, timeout=240):
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                        timeout=timeout)
@@ -149,17 +203,24 @@ def run_isolated(code, timeout=240):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
-def test_a_forked_child_gets_a_team_of_its_own():
-    out = run_isolated("""
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_forked_child_gets_a_team_of_its_own(shared):
+    """Also when the parent's calls ran on PyTorch's OpenMP threads: those do not survive fork,
+    and the child runs on a team of rnncore's own."""
+    out = run_isolated(f"""
         import os, numpy as np, rnncore
+        {_shared_prelude(shared)}
         rnncore.set_num_threads(2)
         m = rnncore.LSTM(8, 64, seed=1)
         x = np.random.default_rng(0).standard_normal((30, 2, 8)).astype(np.float32)
         want = m(x)[0]
         pid = os.fork()
         if pid == 0:   # the parent's workers do not exist here
+            before = rnncore.team_stats()
             ok = all(np.array_equal(m(x)[0], want) for _ in range(20))
-            os._exit(0 if ok and rnncore.team_stats()["team_calls"] > 0 else 3)
+            after = rnncore.team_stats()
+            own = after["team_calls"] > before["team_calls"] and after["openmp_calls"] == before["openmp_calls"]
+            os._exit(0 if ok and own else 3)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, status
         assert np.array_equal(m(x)[0], want)
@@ -169,13 +230,14 @@ def test_a_forked_child_gets_a_team_of_its_own():
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("threads_", [1, 2])
-def test_ctrl_c_stops_a_long_call_soon_and_changes_nothing(threads_):
+@pytest.mark.parametrize("threads_,shared", [(1, False), (2, False), (2, True)])
+def test_ctrl_c_stops_a_long_call_soon_and_changes_nothing(threads_, shared):
     """SIGINT during a long forward + backward: KeyboardInterrupt within a fraction of the
     call's length, the model unchanged, and the next call gives the usual bits. The signal is
     sent once the call has started (a thread waits for an event set just before it)."""
     out = run_isolated(f"""
         import os, signal, threading, time, numpy as np, rnncore
+        {_shared_prelude(shared)}
         # Python's own Ctrl-C handling, whatever this process inherited (a parent that ignores
         # SIGINT passes that on through exec)
         inherited = signal.getsignal(signal.SIGINT)

@@ -74,7 +74,8 @@ def team_stats() -> Dict[str, int]:
     """Counters of rnncore's team since the process started: calls that used it, calls that ran
     on their caller alone (the team was busy with another call, or recently stalled), items one
     thread took over from another, stalls (a thread lost its core mid-call and the call went on
-    without it) and worker threads started."""
+    without it), worker threads started, and calls that ran on PyTorch's OpenMP threads instead
+    of rnncore's own (``openmp_calls``, also counted in ``team_calls``; ``rnncore.torch.share_threads``)."""
     return dict(_core.team_stats())
 
 

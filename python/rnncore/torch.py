@@ -33,9 +33,9 @@ except ImportError as e:
     raise ImportError(f'rnncore.torch needs PyTorch: pip install "rnncore[torch]" ({e})') from e
 from torch.nn.utils.rnn import PackedSequence  # noqa: E402
 
-from . import _convert, models  # noqa: E402
+from . import _convert, _core, models  # noqa: E402
 
-__all__ = ["LSTM", "GRU", "RNN", "convert", "revert"]
+__all__ = ["LSTM", "GRU", "RNN", "convert", "revert", "share_threads"]
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -432,3 +432,52 @@ def revert(model):
         m.__dict__.pop("_rnncore_cache", None)
         m.__class__ = _TO_TORCH[type(m)]
     return model
+
+
+# ---- threads --------------------------------------------------------------------------------
+
+def _torch_openmp_library():
+    """The path of the OpenMP runtime PyTorch's ATen runs on, when that is its parallel backend
+    and the library can be found among the process's mapped files ('' when it is OpenMP but the
+    file is not known: the process's global symbols are searched); None when ATen does not use
+    OpenMP."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    import os
+    here = os.path.dirname(os.path.realpath(torch.__file__))
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+    except OSError:
+        return ""
+    ours = sorted(p for p in paths if os.path.basename(p).startswith(("libgomp", "libomp", "libiomp"))
+                  and os.path.realpath(p).startswith(here + os.sep))
+    return ours[0] if ours else ""
+
+
+def share_threads(on=True):
+    """Run rnncore's team on PyTorch's OpenMP threads (``on=True``, the default from
+    ``import rnncore.torch``) or on rnncore's own (``on=False``); returns whether they are shared
+    now.
+
+    After each of its parallel operations, PyTorch's OpenMP threads spin for a while, waiting for
+    the next one. In a training step rnncore's work falls between PyTorch's operations, and its own
+    team would compete with those spinning threads for the cores. Shared, each rnncore call runs as
+    one parallel region of PyTorch's OpenMP runtime, whose waiting threads take it up at once. The
+    thread count is still ``rnncore.set_num_threads``'s, and results are the same bits either way.
+    ``rnncore.team_stats()["openmp_calls"]`` counts the calls that ran so. Sharing needs a PyTorch
+    whose parallel backend is OpenMP (``torch.__config__.parallel_info()``) on Linux or macOS;
+    elsewhere it stays off and this returns False.
+    """
+    if not isinstance(on, (bool, np.bool_)):
+        raise TypeError(f"on: expected a bool, got {type(on).__name__} {on!r}")
+    if not on:
+        _core.detach_openmp()
+        return False
+    path = _torch_openmp_library()
+    if path is None:
+        return False
+    return bool(_core.attach_openmp(path) or (path != "" and _core.attach_openmp("")))
+
+
+share_threads(True)

@@ -10,6 +10,13 @@ The wrapper's own cost is measured at the first shape: forward and backward of t
 (autograd, argument checks, the parameter map) against the same forward and backward called on
 an ``rnncore.LSTM`` directly with NumPy arrays, as a fraction of the module's full step.
 
+The floor: an LSTM layer's forward and backward are six GEMM-shaped products of the same size
+(forward: the input projection and the recurrent products; backward: the recurrent products,
+dx, dW_ih and dW_hh), 2 * 6 * T * N * 4H * H FLOPs at D = H. At the best size^3 SGEMM rate
+measured in the same run (rnncore's OpenBLAS or torch.mm, whichever is faster, with the same
+threads), that work alone takes ``floor_s``: no implementation's step can be faster, so
+``torch.nn.LSTM``'s step time over it bounds the speedup any replacement can reach.
+
 Times are medians over interleaved rounds: each round times every variant in turn (in a rotating
 order), so a slowdown of the machine touches all of them alike. The ratio of the minima is given
 too: on a busy machine it is the steadier of the two.
@@ -77,9 +84,28 @@ def _check_agreement(torch, ours, theirs, x, target):
     return worst
 
 
-def run(shapes=SHAPES, threads=2, rounds=5, budget_s=1.5, seed=0, progress=None, overhead_shape=OVERHEAD_SHAPE):
+def lstm_step_flops(T, N, H):
+    """FLOPs of one LSTM layer's forward and backward at D = H: six products of T*N x H by H x 4H."""
+    return 2.0 * 6 * T * N * 4 * H * H
+
+
+def _gemm_peak(torch, threads, size):
+    """The best size^3 float32 GEMM rate (FLOP/s) of rnncore's OpenBLAS and torch.mm, and which."""
+    from .machine import rnncore_blas
+    from .timing import gemm_peaks
+
+    class _Torch:
+        _torch = torch
+    peaks = gemm_peaks([threads], [np.float32], size, {"torch": _Torch()}, rnncore_blas(), None, reps=3)
+    entry = next(iter(peaks.values()))
+    return entry["best"] * 1e9, entry["best_source"], entry["gflops"]
+
+
+def run(shapes=SHAPES, threads=2, rounds=5, budget_s=1.5, seed=0, progress=None, overhead_shape=OVERHEAD_SHAPE,
+        gemm_size=2048):
     """Returns a JSON-ready dict: per shape, median seconds of a step for each module and the
-    ratio; then the wrapper overhead at ``overhead_shape`` (when it is one of ``shapes``)."""
+    ratio, and the step's GEMM floor; then the wrapper overhead at ``overhead_shape`` (when it is
+    one of ``shapes``)."""
     import torch
 
     import rnncore.torch as rt
@@ -89,8 +115,13 @@ def run(shapes=SHAPES, threads=2, rounds=5, budget_s=1.5, seed=0, progress=None,
     torch.set_num_threads(threads)
     out = {"what": "PyTorch training step (forward, MSE loss, backward, Adam): rnncore.torch.LSTM vs torch.nn.LSTM",
            "dtype": "float32", "threads": threads, "rounds": rounds, "seed": seed, "machine": _machine(torch),
-           "shapes": [], "overhead": None}
+           "shapes": [], "overhead": None, "openmp_shared": rnncore._core.openmp_attached(), "peak": None}
     try:
+        if gemm_size > 0:
+            if progress:
+                progress(f"torch step: GEMM peak ({gemm_size}^3)")
+            peak, source, all_ = _gemm_peak(torch, threads, gemm_size)
+            out["peak"] = {"size": gemm_size, "gflops": peak / 1e9, "source": source, "all_gflops": all_}
         for T, N, H in shapes:
             if progress:
                 progress(f"torch step: T={T} N={N} H={H}")
@@ -110,6 +141,10 @@ def run(shapes=SHAPES, threads=2, rounds=5, budget_s=1.5, seed=0, progress=None,
                    "samples": {k: len(v) for k, v in times.items()},
                    "speedup": med["torch.nn.LSTM"] / med["rnncore.torch.LSTM"],
                    "speedup_min": best["torch.nn.LSTM"] / best["rnncore.torch.LSTM"]}
+            if out["peak"]:
+                floor = lstm_step_flops(T, N, H) / (out["peak"]["gflops"] * 1e9)
+                row["floor_s"] = floor
+                row["max_speedup"] = med["torch.nn.LSTM"] / floor
             out["shapes"].append(row)
             if (T, N, H) == tuple(overhead_shape or ()):
                 out["overhead"] = _overhead(torch, ours, x, rounds, budget_s, med["rnncore.torch.LSTM"], progress)
@@ -159,14 +194,21 @@ def _machine(torch):
 
 def to_text(result):
     lines = [f"{result['what']}; {result['dtype']}, {result['threads']} threads each, medians of "
-             f"{result['rounds']} interleaved rounds",
+             f"{result['rounds']} interleaved rounds; rnncore on "
+             f"{'PyTorch' if result.get('openmp_shared') else 'its own'} OpenMP threads",
              f"{'T':>4} {'N':>4} {'H':>4}  {'rnncore.torch ms':>16} {'torch.nn ms':>12} {'speedup':>8}  "
-             f"{'(of minima)':>11}  max rel diff"]
+             f"{'(of minima)':>11}  {'floor ms':>8} {'max speedup':>11}  max rel diff"]
     for r in result["shapes"]:
         m = r["median_s"]
+        floor = (f"{r['floor_s'] * 1e3:>8.2f} {r['max_speedup']:>10.2f}x" if "floor_s" in r else f"{'-':>8} {'-':>11}")
         lines.append(f"{r['T']:>4} {r['N']:>4} {r['H']:>4}  {m['rnncore.torch.LSTM'] * 1e3:>16.2f} "
                      f"{m['torch.nn.LSTM'] * 1e3:>12.2f} {r['speedup']:>7.2f}x  {r['speedup_min']:>10.2f}x  "
-                     f"{r['max_rel_diff']:.2g}")
+                     f"{floor}  {r['max_rel_diff']:.2g}")
+    p = result.get("peak")
+    if p:
+        lines.append(f"floor: the LSTM's six GEMM-shaped products (2 * 6 * T * N * 4H * H FLOPs) at the best "
+                     f"{p['size']}^3 SGEMM measured here, {p['gflops']:.0f} GFLOP/s ({p['source']}); max speedup: "
+                     f"torch.nn's step over that floor, the most any replacement could reach")
     o = result.get("overhead")
     if o:
         lines.append(f"wrapper overhead at (T, N, H) = ({o['T']}, {o['N']}, {o['H']}): forward + backward "
@@ -189,18 +231,27 @@ def to_text(result):
 
 
 def to_markdown(result):
-    rows = ["| T | N | H | rnncore.torch.LSTM (ms) | torch.nn.LSTM (ms) | speedup | speedup of minima |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| T | N | H | rnncore.torch.LSTM (ms) | torch.nn.LSTM (ms) | speedup | speedup of minima "
+            "| GEMM floor (ms) | max speedup |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for r in result["shapes"]:
         m = r["median_s"]
+        floor = f"{r['floor_s'] * 1e3:.2f} | {r['max_speedup']:.2f}x" if "floor_s" in r else "- | -"
         rows.append(f"| {r['T']} | {r['N']} | {r['H']} | {m['rnncore.torch.LSTM'] * 1e3:.2f} | "
-                    f"{m['torch.nn.LSTM'] * 1e3:.2f} | {r['speedup']:.2f}x | {r['speedup_min']:.2f}x |")
+                    f"{m['torch.nn.LSTM'] * 1e3:.2f} | {r['speedup']:.2f}x | {r['speedup_min']:.2f}x | {floor} |")
     text = "\n".join(rows)
+    p = result.get("peak")
+    if p:
+        text += (f"\n\nGEMM floor: the LSTM's forward and backward FLOPs (2 * 6 * T * N * 4H * H) at the best "
+                 f"{p['size']}^3 SGEMM measured in the same run, {p['gflops']:.0f} GFLOP/s ({p['source']}). Max "
+                 f"speedup: torch.nn.LSTM's step over that floor, the most any replacement could reach.")
     o = result.get("overhead")
     if o:
         text += (f"\n\nWrapper overhead at ({o['T']}, {o['N']}, {o['H']}): {o['overhead_s'] * 1e3:.3f} ms per forward + "
                  f"backward, {100 * o['fraction_of_step']:.1f} % of the full step.")
-    return f"## {result['what']}\n\n{result['dtype']}, {result['threads']} threads each.\n\n{text}\n"
+    where = "PyTorch's OpenMP threads" if result.get("openmp_shared") else "its own threads"
+    return (f"## {result['what']}\n\n{result['dtype']}, {result['threads']} threads each; rnncore's team on "
+            f"{where}.\n\n{text}\n")
 
 
 def main_from_cli(args, progress=None):
@@ -219,8 +270,9 @@ def main_from_cli(args, progress=None):
         print(f"--torch-step: shapes have D = H (T,N,H); got {bad[0]}")
         return 2
     rounds = args.rounds or (3 if args.quick else 5)
+    gemm = args.gemm_size if args.gemm_size is not None else (1024 if args.quick else 2048)
     result = run(shapes, threads=threads, rounds=rounds, budget_s=0.6 if args.quick else 1.5, seed=args.seed,
-                 progress=progress.note if progress is not None else None)
+                 progress=progress.note if progress is not None else None, gemm_size=gemm)
     if progress is not None and hasattr(progress, "done"):
         progress.done()
     os.makedirs(args.out, exist_ok=True)
