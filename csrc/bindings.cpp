@@ -434,6 +434,10 @@ PYBIND11_MODULE(_core, m) {
         "process's global symbols); returns whether it was found (team.h)");
   m.def("detach_openmp", &detach_openmp, "run the team's calls on rnncore's own threads again");
   m.def("openmp_attached", &openmp_attached, "whether calls run on a lent OpenMP runtime's threads");
+  m.def("workspace_kept", [] { return WorkspacePool::get().held(); },
+        "bytes of freed workspace blocks kept for later calls (platform.h, WorkspacePool)");
+  m.def("release_workspace", [] { WorkspacePool::get().release(); },
+        "give every kept workspace block back to the system");
   m.def("blas_corename", &blas_corename, "OpenBLAS's kernel family on this CPU (openblas_get_corename).");
   m.def("blas_config", &blas_config, "OpenBLAS's build configuration string (openblas_get_config).");
   m.def("kernel_isa", &kernel_isa, "instruction-set build of the pointwise kernels in use");

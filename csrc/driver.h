@@ -29,9 +29,10 @@ class Buffer {
   Buffer() = default;
   explicit Buffer(int64_t n) : n_(n) {
     if (n > 0) {
-      const size_t bytes = ((size_t(n) * sizeof(T) + 63) / 64) * 64;
-      p_.reset(static_cast<T*>(workspace_malloc(bytes)));
-      if (!p_) throw std::bad_alloc();
+      size_t bytes = ((size_t(n) * sizeof(T) + 63) / 64) * 64;
+      T* p = static_cast<T*>(workspace_malloc(bytes));
+      if (!p) throw std::bad_alloc();
+      p_ = std::unique_ptr<T, Free>(p, Free{bytes});
     }
   }
   T* data() const { return p_.get(); }
@@ -39,7 +40,8 @@ class Buffer {
 
  private:
   struct Free {
-    void operator()(T* p) const { aligned_free(p); }
+    size_t bytes = 0;
+    void operator()(T* p) const { workspace_free(p, bytes); }
   };
   std::unique_ptr<T, Free> p_;
   int64_t n_ = 0;

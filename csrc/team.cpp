@@ -449,6 +449,10 @@ bool run_alone(int items, int64_t stages, StageWork& work) {
 
 }  // namespace
 
+int64_t WorkspacePool::now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch()).count();
+}
+
 void set_team_size(int n) { g_team_size.store(n < 1 ? 1 : n > kMaxThreads ? kMaxThreads : n); }
 int team_size() { return g_team_size.load(); }
 std::atomic<int>& interrupt_flag() { return g_interrupt; }

@@ -160,15 +160,20 @@ def test_ten_thousand_calls_leave_memory_flat():
 
 @measurable
 def test_a_discarded_tape_frees_its_buffers():
-    """Buffers above glibc's mmap threshold are unmapped on free, so resident memory shows it."""
+    """Buffers above glibc's mmap threshold are unmapped on free, so resident memory shows it. A
+    dropped tape's large blocks are first kept for the next calls (they take them instead of
+    fresh pages); release_memory gives them back to the system."""
     run_isolated("""
         import os, gc, numpy as np, rnncore
+        from rnncore import _core
         def rss():
             with open("/proc/self/statm") as f:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         m = rnncore.LSTM(64, 128, seed=0)
         x = np.random.default_rng(0).standard_normal((200, 64, 64)).astype(np.float32)
         m.forward(x, train=True)
+        rnncore.release_memory()
+        assert _core.workspace_kept() == 0
         base = rss()
         for _ in range(5):
             y, st, tape = m.forward(x, train=True)
@@ -177,9 +182,49 @@ def test_a_discarded_tape_frees_its_buffers():
             nbytes = tape.nbytes
             del tape
             gc.collect()
+            assert _core.workspace_kept() > 0.9 * nbytes, (_core.workspace_kept(), nbytes)
+            kept = rnncore.release_memory()
+            assert kept > 0.9 * nbytes and _core.workspace_kept() == 0, (kept, nbytes)
             assert held - rss() > 0.9 * nbytes, (held - rss(), nbytes)
             del y, st
         assert rss() - base < 4 * 2**20, rss() - base
+        print("ok")
+    """, env={"MALLOC_MMAP_THRESHOLD_": "131072"})
+
+
+@measurable
+def test_kept_workspace_is_bounded_reused_and_given_back_when_unused():
+    """Freed workspace blocks of 1 MiB and more are kept for later calls: at most 16 of them and
+    256 MiB in all; the next call of the same size takes them instead of fresh pages (resident
+    memory stays flat); a block left unused for a second is given back at the next call."""
+    run_isolated("""
+        import os, time, numpy as np, rnncore
+        from rnncore import _core
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        rng = np.random.default_rng(0)
+        m = rnncore.LSTM(64, 128, seed=0)
+        for T in (50, 400, 100, 800, 25, 200):       # blocks of many sizes, up to hundreds of MiB
+            x = rng.standard_normal((T, 64, 64)).astype(np.float32)
+            y, _, tape = m.forward(x, train=True)
+            m.backward(tape, y)
+            del tape
+            assert 0 < _core.workspace_kept() <= 256 * 2**20, _core.workspace_kept()
+        x = rng.standard_normal((200, 64, 64)).astype(np.float32)
+        def step():
+            y, _, tape = m.forward(x, train=True)
+            m.backward(tape, y)
+        step()
+        before = rss()
+        for _ in range(10):
+            step()
+        assert rss() - before < 2 * 2**20, rss() - before
+        kept = _core.workspace_kept()
+        assert kept > 0
+        time.sleep(1.2)
+        m(np.ones((2, 1, 64), np.float32))            # a small call: it gives the old blocks back
+        assert _core.workspace_kept() == 0, (_core.workspace_kept(), kept)
         print("ok")
     """, env={"MALLOC_MMAP_THRESHOLD_": "131072"})
 

@@ -45,7 +45,7 @@ from .cells import GRUCell, LSTMCell, RNNCell, Stream  # noqa: E402
 from .models import GRU, LSTM, RNN, Gradients, Tape  # noqa: E402
 
 __all__ = ["__version__", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Stream", "Tape", "Gradients", "reference", "train",
-           "set_num_threads", "get_num_threads", "team_stats", "MAX_THREADS", "blas_info",
+           "set_num_threads", "get_num_threads", "team_stats", "release_memory", "MAX_THREADS", "blas_info",
            "from_torch_state_dict", "to_torch_state_dict", "from_torch", "from_keras", "from_onnx", "load"]
 
 
@@ -77,6 +77,16 @@ def team_stats() -> Dict[str, int]:
     without it), worker threads started, and calls that ran on PyTorch's OpenMP threads instead
     of rnncore's own (``openmp_calls``, also counted in ``team_calls``; ``rnncore.torch.share_threads``)."""
     return dict(_core.team_stats())
+
+
+def release_memory() -> int:
+    """Give back to the system the workspace blocks that calls keep for the calls after them, and
+    return how many bytes that was. Freed workspace blocks of 1 MiB and more are kept (at most 16
+    blocks, 256 MiB in all) so that the next call need not fault their pages in again; a block
+    nobody reuses within a second is given back at the next call anyway (README, Memory)."""
+    held = int(_core.workspace_kept())
+    _core.release_workspace()
+    return held
 
 
 def blas_info() -> Dict[str, Any]:
