@@ -148,35 +148,51 @@ class _Module:
 
     def _core_parameters(self, core):
         """This module's parameters in rnncore's layout, as torch expressions (autograd maps the gradients)."""
+        plan = core.__dict__.get("_torch_plan")
+        if plan is None or plan[0] != self._flat_weights_names:
+            plan = core._torch_plan = (list(self._flat_weights_names), self._parameter_plan(core))
+        w = self._flat_weights
         out = []
+        for op, a, b, shape in plan[1]:
+            if op == "as is":
+                out.append(w[a])
+            elif op == "sum":                      # rnncore's one bias: bias_ih + bias_hh
+                out.append(w[a] + w[b])
+            elif op == "zeros":
+                out.append(torch.zeros(shape, dtype=w[0].dtype))
+            elif op == "signed":                   # the reset_after GRU's weights: z rows change sign
+                out.append(w[a] * _gru_sign(shape[0], w[a]))
+            elif op == "signed sum":               # its bias: bias_ih + bias_hh's r and z rows, signed
+                H = shape[0] // 3
+                out.append((w[a] + torch.cat([w[b][:2 * H], w[b].new_zeros(H)])) * _gru_sign(shape[0], w[a])[:, 0])
+            else:                                  # "tail": b_hn, bias_hh's n rows
+                out.append(w[a][2 * shape[0]:])
+        return out
+
+    def _parameter_plan(self, core):
+        """How each of rnncore's parameters comes from this module's (indices into _flat_weights)."""
+        idx = {n: i for i, n in enumerate(self._flat_weights_names)}
         cell = self._cell
+        plan = []
         for name, shape in core._param_shapes():
             kind, sfx = name.split("_l", 1)
             sfx = "_l" + sfx
             if cell == "gru":                      # rnncore's own layout: its parameters are the module's
-                t = getattr(self, name, None)
-                out.append(t if t is not None else torch.zeros(shape, dtype=self._dtype()))
-                continue
-            G = shape[0]
-            if kind in ("W_ih", "W_hh"):
-                t = getattr(self, "weight" + kind[1:] + sfx)
-                out.append(t * _gru_sign(G, t) if cell == "gru_after" else t)
+                plan.append(("as is", idx[name], None, shape) if name in idx else ("zeros", None, None, shape))
+            elif kind in ("W_ih", "W_hh"):
+                i = idx["weight" + kind[1:] + sfx]
+                plan.append(("signed" if cell == "gru_after" else "as is", i, None, shape))
             elif kind == "b":
                 if not self.bias:
-                    out.append(torch.zeros(shape, dtype=self._dtype()))
-                    continue
-                b_ih, b_hh = getattr(self, "bias_ih" + sfx), getattr(self, "bias_hh" + sfx)
-                if cell == "gru_after":
-                    H = G // 3
-                    out.append((b_ih + torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])) * _gru_sign(G, b_ih)[:, 0])
+                    plan.append(("zeros", None, None, shape))
                 else:
-                    out.append(b_ih + b_hh)
+                    i, j = idx["bias_ih" + sfx], idx["bias_hh" + sfx]
+                    plan.append(("signed sum" if cell == "gru_after" else "sum", i, j, shape))
             elif kind == "b_hn":
-                out.append(getattr(self, "bias_hh" + sfx)[2 * shape[0]:] if self.bias
-                           else torch.zeros(shape, dtype=self._dtype()))
+                plan.append(("tail", idx["bias_hh" + sfx], None, shape) if self.bias else ("zeros", None, None, shape))
             else:                                  # W_hr (proj_size): torch's weight_hr, the same matrix
-                out.append(getattr(self, "weight_hr" + sfx))
-        return out
+                plan.append(("as is", idx["weight_hr" + sfx], None, shape))
+        return plan
 
     def _dtype(self):
         return self._flat_weights[0].dtype
@@ -202,6 +218,13 @@ class _Module:
             raise TypeError(f"{name}: expected a dense (strided) tensor, got {_describe(t)} with layout {t.layout}")
 
     def _check_parameters(self):
+        # torch keeps _flat_weights in step with the named parameters (RNNBase.__setattr__)
+        weights = self._flat_weights
+        first = weights[0] if weights else None
+        if (isinstance(first, torch.Tensor) and first.dtype in _NP_DTYPES and first.device.type == "cpu"
+                and all(isinstance(p, torch.Tensor) and p.dtype is first.dtype and p.device.type == "cpu"
+                        for p in weights)):
+            return first.dtype
         dtypes = set()
         for name in self._flat_weights_names:
             p = getattr(self, name)
