@@ -804,7 +804,9 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
   all.drec = dR;
   all.ldd = ldd;
   for (int k = 0; k < cell.num_params; ++k) all.dp[k] = gr.p[k];
-  if (cell.param_grads) run_unitwise(L, cell.param_grads, all);
+  Buffer<T> partials(cell.partial_cols ? (R + kPartialRows - 1) / kPartialRows * cell.partial_cols * H : 0);
+  all.partials = partials.data();
+  if (cell.param_grads && !cell.partial_cols) run_unitwise(L, cell.param_grads, all);
   for (int k = 0; k < cell.num_blocks; ++k) {
     const Block& bk = cell.blocks[k];
     const T* op = bk.op_col < 0 ? hs : g + bk.op_col * H;
@@ -812,7 +814,15 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
                  bk.op_col < 0 ? Rh : W, T(0), gr.p[1] + bk.row0 * H * Rh, Rh);
   }
   if (proj) team_gemm<T>(L.threads, true, false, Rh, H, R, dHT.data(), Rh, ms, H, T(0), gr.p[cell.num_params], H);
-  if (cell.input_grads) run_rowwise(L, cell.input_grads, all);
+  if (cell.input_grads) {
+    if (cell.partial_cols)  // whole groups of kPartialRows rows per thread
+      run_split(L, cell.input_grads, all, R, kPartialRows, [](AllSteps<T>& m, int64_t i0, int64_t i1) {
+        m.r0 = i0, m.r1 = i1;
+      });
+    else
+      run_rowwise(L, cell.input_grads, all);
+  }
+  if (cell.param_grads && cell.partial_cols) run_unitwise(L, cell.param_grads, all);
   Buffer<T> xbuf;
   const T* xp = L.slot_input(in, xbuf);
   team_gemm<T>(L.threads, true, false, G, L.D, R, dG, ldd, xp, L.D, T(0), gr.p[0], L.D);

@@ -59,6 +59,7 @@ CellSpec<T> make_spec() {
   s.keeps_cache = Cell::keeps_cache;
   s.separate_rec_grad = Cell::separate_rec_grad;
   s.grad_cols = Cell::grad_cols;
+  s.partial_cols = Cell::partial_cols;
   s.whole_rows = Cell::whole_rows;
   s.num_blocks = Cell::num_blocks;
   for (int k = 0; k < Cell::num_blocks; ++k) s.blocks[k] = Cell::blocks[k];

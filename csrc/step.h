@@ -63,7 +63,15 @@ struct AllSteps {
   T* drec = nullptr;
   int64_t ldd = 0;
   T* dp[kMaxParams] = {};           // out: the gradients of the cell's own parameters (param_grads)
+  T* partials = nullptr;            // (groups of kPartialRows rows, partial_cols * H): what input_grads
+                                    //   sums for param_grads, group by group (cells with partial_cols)
 };
+
+// A cell with partial_cols sums its parameters' gradients in two passes: input_grads, row-wise,
+// sums every group of kPartialRows rows (rows [64 k, 64 k + 64)) into row k of `partials` while
+// it reads those rows anyway; param_grads then adds the groups' sums in order. The groups do not
+// depend on the thread count, so neither do the results.
+constexpr int64_t kPartialRows = 64;
 
 // One recurrent GEMM of a step: gate rows [row0, row1) * H of W_hh times an operand, which is
 // h_prev (op_col < 0) or the cache column block starting at op_col * H (made by an earlier phase).
@@ -115,6 +123,9 @@ struct CellSpec {
   bool keeps_cache = false; // backward reads the cache (else only h, c)
   bool separate_rec_grad = false;
   int grad_cols = 0;        // columns of dg beyond G*H, in units of H
+  int partial_cols = 0;     // sums (in units of H) that input_grads makes per group of kPartialRows rows
+                            //   for param_grads
+                            //   (0: param_grads reads dg itself, before input_grads)
   bool whole_rows = false;  // the pointwise pass needs every unit of a row: the GEMMs run by unit
                             //   slices, then (one stage more) the pointwise pass by row groups
   int num_blocks = 1;
@@ -128,7 +139,8 @@ struct CellSpec {
                                                        //   loop's pointwise stage for whole-row cells)
   void (*input_grads)(const AllSteps<T>&) = nullptr;   // after the loop, turns dg into the gradient
                                                        //   of the input projection (default: it is)
-  void (*param_grads)(const AllSteps<T>&) = nullptr;   // the gradients of parameters 3 and on
+  void (*param_grads)(const AllSteps<T>&) = nullptr;   // the gradients of parameters 3 and on (the
+                                                       //   bias's, dp[2], is summed before)
 };
 
 // The time loop's GEMM (smallgemm.h): B (K x Nc) packed once, then C (+)= A (M x K) * B.
@@ -197,6 +209,7 @@ struct CellDefaults {
   static constexpr bool keeps_cache = true;
   static constexpr bool separate_rec_grad = false;
   static constexpr int grad_cols = 0;
+  static constexpr int partial_cols = 0;
   static constexpr bool whole_rows = false;
   static constexpr int num_blocks = 1;
 };

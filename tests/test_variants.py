@@ -122,6 +122,7 @@ def test_reference_gradients_match_central_differences(variant):
     (6, 20, 64, 2, True, True, 0.3),
     (1, 3, 8, 2, False, False, 0.0),
     (7, 17, 96, 2, False, True, 0.0),
+    (12, 19, 24, 1, True, True, 0.0),   # rows in 4 groups of 64, the last partial (step.h, kPartialRows)
 ])
 def test_core_matches_the_reference(variant, dtype, T, N, H, layers, bidir, varlen, dropout):
     kw = dict(VARIANTS[variant])
@@ -162,9 +163,9 @@ def test_every_thread_count_gives_the_same_bits(variant, dtype):
             kw["proj_size"] = 70
         m = perturbed(rnncore.LSTM(24, H, num_layers=2, bidirectional=True, dtype=dtype, seed=3, **kw))
         rng = np.random.default_rng(11)
-        for N in (1, 20):
-            x = rng.standard_normal((5, N, 24)).astype(dtype)
-            lengths = rng.integers(0, 6, N)
+        for T, N in ((5, 1), (5, 20), (9, 40)):   # the last: rows in 5 or 6 groups of 64 (step.h, kPartialRows)
+            x = rng.standard_normal((T, N, 24)).astype(dtype)
+            lengths = rng.integers(0, T + 1, N)
             results = {}
             for n in (1, 2, 3, 4):
                 rnncore.set_num_threads(n)

@@ -184,50 +184,63 @@ struct LayerNormLSTMCell : CellDefaults {
 
   // gamma and beta of the three LNs at units [u0, u1): sums over every step's rows, in order
   // (dead rows are zero).
+  // The gradients of the LNs' parameters, in two passes (step.h, partial_cols): input_grads sums
+  // each group of kPartialRows rows into a row of `partials` (gamma_x's, gamma_h's, gamma_c's and
+  // beta_c's sums, 10H values) while it reads the rows for LN_x's backward; param_grads adds the
+  // groups in order. Both LNs' beta gradients are the sum of the gates' gradient over every row:
+  // the bias's, which the driver has summed already (dp[2]).
+  static constexpr int partial_cols = 10;
+  enum : int64_t { kPGx = 0, kPGh = 4, kPGc = 8, kPBc = 9 };  // in a partials row, in units of H
+
   template <class T>
   static void param_grads(const AllSteps<T>& a) {
-    const int64_t H = a.H, G = 4 * H, u0 = a.u0, n = a.u1 - a.u0;
-    for (int q = 0; q < 4; ++q) {  // the (4H,) vectors at these units, gate by gate
-      T* dgx = a.dp[kGx] + q * H + u0;
-      T* dbx = a.dp[kBx] + q * H + u0;
-      T* dgh = a.dp[kGh] + q * H + u0;
-      T* dbh = a.dp[kBh] + q * H + u0;
-      for (int64_t j = 0; j < n; ++j) dgx[j] = dbx[j] = dgh[j] = dbh[j] = T(0);
-      for (int64_t r = 0; r < a.R; ++r) {
-        const T* __restrict da = a.dg + r * a.ldd + q * H + u0;
-        const T* __restrict xn = a.g + r * a.ldg + kX * H + q * H + u0;
-        const T* __restrict hn = a.g + r * a.ldg + kHh * H + q * H + u0;
+    const int64_t H = a.H, groups = (a.R + kPartialRows - 1) / kPartialRows, ldp = partial_cols * H;
+    for (int q = 0; q < 4; ++q)
+      for (int64_t j = a.u0; j < a.u1; ++j) a.dp[kBx][q * H + j] = a.dp[kBh][q * H + j] = a.dp[2][q * H + j];
+    auto add_groups = [&](int64_t col, T* out, int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) out[j] = T(0);
+      for (int64_t k = 0; k < groups; ++k) {
+        const T* __restrict src = a.partials + k * ldp + col;
         RNNCORE_IVDEP
-        for (int64_t j = 0; j < n; ++j) {
-          dgx[j] += da[j] * xn[j];
-          dbx[j] += da[j];
-          dgh[j] += da[j] * hn[j];
-          dbh[j] += da[j];
-        }
+        for (int64_t j = j0; j < j1; ++j) out[j] += src[j];
       }
+    };
+    for (int q = 0; q < 4; ++q) {
+      add_groups(kPGx * H + q * H, a.dp[kGx] + q * H, a.u0, a.u1);
+      add_groups(kPGh * H + q * H, a.dp[kGh] + q * H, a.u0, a.u1);
     }
-    T* dgc = a.dp[kGc] + u0;
-    T* dbc = a.dp[kBc] + u0;
-    for (int64_t j = 0; j < n; ++j) dgc[j] = dbc[j] = T(0);
-    for (int64_t r = 0; r < a.R; ++r) {
-      const T* __restrict dnc = a.dg + r * a.ldd + G + u0;
-      const T* __restrict cn = a.g + r * a.ldg + kC * H + u0;
-      RNNCORE_IVDEP
-      for (int64_t j = 0; j < n; ++j) {
-        dgc[j] += dnc[j] * cn[j];
-        dbc[j] += dnc[j];
-      }
-    }
+    add_groups(kPGc * H, a.dp[kGc], a.u0, a.u1);
+    add_groups(kPBc * H, a.dp[kBc], a.u0, a.u1);
   }
 
-  // The input projection's gradient, on rows [r0, r1): LN_x's backward of the gates' gradient.
+  // On rows [r0, r1) (whole groups of kPartialRows rows): each group's sums for param_grads, then
+  // LN_x's backward of the gates' gradient, in place: the input projection's gradient.
   template <class T>
   static void input_grads(const AllSteps<T>& a) {
-    const int64_t H = a.H, G = 4 * H;
-    for (int64_t r = a.r0; r < a.r1; ++r) {
-      T* da = a.dg + r * a.ldd;
-      const T* row = a.g + r * a.ldg;
-      ln_backward(da, a.p[kGx], row + kX * H, row[kStats * H], G, da);
+    const int64_t H = a.H, G = 4 * H, ldp = partial_cols * H;
+    for (int64_t r0 = a.r0; r0 < a.r1; r0 += kPartialRows) {
+      T* __restrict part = a.partials + r0 / kPartialRows * ldp;
+      for (int64_t j = 0; j < ldp; ++j) part[j] = T(0);
+      const int64_t r1 = r0 + kPartialRows < a.r1 ? r0 + kPartialRows : a.r1;
+      for (int64_t r = r0; r < r1; ++r) {
+        T* da = a.dg + r * a.ldd;
+        const T* __restrict row = a.g + r * a.ldg;
+        const T* __restrict xn = row + kX * H;
+        const T* __restrict hn = row + kHh * H;
+        const T* __restrict cn = row + kC * H;
+        const T* __restrict dnc = da + G;
+        RNNCORE_IVDEP
+        for (int64_t j = 0; j < G; ++j) {
+          part[kPGx * H + j] += da[j] * xn[j];
+          part[kPGh * H + j] += da[j] * hn[j];
+        }
+        RNNCORE_IVDEP
+        for (int64_t j = 0; j < H; ++j) {
+          part[kPGc * H + j] += dnc[j] * cn[j];
+          part[kPBc * H + j] += dnc[j];
+        }
+        ln_backward(da, a.p[kGx], xn, row[kStats * H], G, da);
+      }
     }
   }
 };
