@@ -281,6 +281,7 @@ template <class T>
 void fill_steps(const Layer<T>& L, AllSteps<T>& a) {
   a.steps = L.S.T;
   a.H = L.H;
+  a.gates = L.cell.gates;
   a.R = L.S.O[L.S.T];
   a.O = L.S.O.data();
   a.B = L.S.B.data();
@@ -302,6 +303,14 @@ void run_split(const Layer<T>& L, void (*hook)(const AllSteps<T>&), const AllSte
       }))
     throw Interrupted();
 }
+// The bias's gradient on units [u0, u1) of every gate: the gates' gradient summed over every
+// row, in order (a unit-wise hook of the driver's own).
+template <class T>
+void bias_grad(const AllSteps<T>& a) {
+  for (int q = 0; q < a.gates; ++q)
+    column_sums(a.dg + q * a.H + a.u0, a.R, a.u1 - a.u0, a.ldd, a.dp[2] + q * a.H + a.u0);
+}
+
 template <class T>
 void run_rowwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), const AllSteps<T>& a) {
   run_split(L, hook, a, a.R, 16, [](AllSteps<T>& m, int64_t i0, int64_t i1) { m.r0 = i0, m.r1 = i1; });
@@ -793,7 +802,6 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
 
   // after the loop: b, the cell's own parameters, then one GEMM each for every block of dW_hh,
   // W_hr, dW_ih and dx
-  column_sums(dG, R, G, ldd, gr.p[2]);
   AllSteps<T> all;
   fill_steps(L, all);
   all.g = const_cast<T*>(g);
@@ -804,6 +812,7 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
   all.drec = dR;
   all.ldd = ldd;
   for (int k = 0; k < cell.num_params; ++k) all.dp[k] = gr.p[k];
+  run_unitwise(L, &bias_grad<T>, all);
   Buffer<T> partials(cell.partial_cols ? (R + kPartialRows - 1) / kPartialRows * cell.partial_cols * H : 0);
   all.partials = partials.data();
   if (cell.param_grads && !cell.partial_cols) run_unitwise(L, cell.param_grads, all);

@@ -50,6 +50,7 @@ struct Step {
 template <class T>
 struct AllSteps {
   int64_t steps = 0, H = 0, R = 0;  // steps, hidden size, rows of g (O[steps])
+  int gates = 1;
   int64_t r0 = 0, r1 = 0;           // the rows a row-wise hook (project_done, input_grads) works on
   int64_t u0 = 0, u1 = 0;           // the units whose parameters' gradients param_grads computes
   const int64_t* O = nullptr;       // steps + 2 slot offsets
@@ -185,7 +186,7 @@ constexpr ParamInfo unit_rows(const char* name, int rows, Init init) {
 
 // out[j] = sum over rows r of a[r * ld + j], rows in order: the same sums whatever the threads.
 template <class T>
-void column_sums(const T* a, int64_t rows, int64_t cols, int64_t ld, T* out) {
+void column_sums(const T* __restrict a, int64_t rows, int64_t cols, int64_t ld, T* __restrict out) {
   for (int64_t j = 0; j < cols; ++j) out[j] = T(0);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
