@@ -17,6 +17,7 @@ with D_0 = input_size and D_k = dirs * H above. Gate order: LSTM i, f, g, o; GRU
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import TYPE_CHECKING
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, NoReturn, Optional, Sequence, Tuple, Union
@@ -146,6 +147,23 @@ class Gradients(Dict[str, np.ndarray]):
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return (Gradients, (self.inputs(), self.parameters()))
+
+
+@functools.lru_cache(maxsize=256)
+def _shapes_of(cell: str, D: int, H: int, P: int, layers: int, dirs: int, with_init: bool) -> Tuple[Any, ...]:
+    """Model._param_shapes of a configuration, made once (a call reads it several times)."""
+    info = CELL_INFO[cell]
+    entries = list(info["params"]) + ([info["projection"]] if P else [])
+    R = P or H
+    out = []
+    for layer in range(layers):
+        size = {"1": 1, "D": D if layer == 0 else dirs * R, "H": H, "R": R}
+        for d in range(dirs):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            for e in entries:
+                shape = tuple(mult * size[var] for mult, var in e["shape"])
+                out.append((e["name"] + sfx, shape, e["init"]) if with_init else (e["name"] + sfx, shape))
+    return tuple(out)
 
 
 class _Parameters(Dict[str, np.ndarray]):
@@ -370,15 +388,8 @@ class _Recurrent:
     def _param_shapes(self, with_init: bool = False) -> Iterator[Any]:
         """(name, shape) of every parameter, layer by layer, forward then reverse, in the cell's order
         ((name, shape, init) with ``with_init``)."""
-        H, R = self.hidden_size, self._out_size
-        entries = self._param_list()
-        for layer in range(self.num_layers):
-            size = {"1": 1, "D": self.input_size if layer == 0 else self.dirs * R, "H": H, "R": R}
-            for d in range(self.dirs):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                for e in entries:
-                    shape = tuple(mult * size[var] for mult, var in e["shape"])
-                    yield (e["name"] + sfx, shape, e["init"]) if with_init else (e["name"] + sfx, shape)
+        return iter(_shapes_of(self.cell, self.input_size, self.hidden_size, self.proj_size or 0, self.num_layers,
+                               self.dirs, with_init))
 
     def _check_model_sizes(self) -> int:
         """The number of parameter values; ValueError when a dimension or the total overflows the core's counts."""
