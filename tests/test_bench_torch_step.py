@@ -34,8 +34,10 @@ def test_run_reports_every_shape_and_the_overhead():
     assert o["overhead_s"] == pytest.approx(o["median_s"]["module"] - o["median_s"]["bare"])
     assert o["fraction_of_step"] == pytest.approx(o["overhead_s"] / o["step_s"])
     assert o["overhead_min_s"] == pytest.approx(o["min_s"]["module"] - o["min_s"]["bare"])
+    assert o["autograd_s"] == pytest.approx(o["median_s"]["bare + empty Function"] - o["median_s"]["bare"])
+    assert o["autograd_fraction_of_step"] == pytest.approx(o["autograd_s"] / o["step_s"])
     text = torch_step.to_text(res)
-    assert "wrapper overhead" in text and "speedup" in text
+    assert "wrapper overhead" in text and "speedup" in text and "autograd machinery alone" in text
     assert "| 5 | 2 | 8 |" in torch_step.to_markdown(res)
 
 
@@ -48,6 +50,20 @@ def test_the_floor_counts_the_six_products_of_an_lstm_layer():
     p = m.parameters()
     per_row = p["W_ih_l0"].size + p["W_hh_l0"].size              # one pass over both weights, per row
     assert torch_step.lstm_step_flops(T, N, H) == 2 * 3 * T * N * per_row
+
+
+def test_the_empty_function_runs_a_backward_that_reaches_every_parameter():
+    """The autograd-only yardstick: a forward and backward through PyTorch's machinery that leave
+    every parameter's .grad set (to zeros: it computes nothing)."""
+    torch = pytest.importorskip("torch")
+    import rnncore.torch as rt
+    m = rt.LSTM(6, 5)
+    run = torch_step._empty_function(torch, m, torch.randn(4, 3, 6))
+    for p in m.parameters():
+        p.grad = torch.ones_like(p)
+    run()
+    for p in m.parameters():
+        assert p.grad is not None and p.grad.shape == p.shape and not p.grad.any()
 
 
 def test_cli_mode_writes_its_files(tmp_path, capsys):

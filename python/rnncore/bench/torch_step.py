@@ -8,7 +8,10 @@ timing, their losses and gradients are checked to agree. Both use the same threa
 
 The wrapper's own cost is measured at the first shape: forward and backward of the module
 (autograd, argument checks, the parameter map) against the same forward and backward called on
-an ``rnncore.LSTM`` directly with NumPy arrays, as a fraction of the module's full step.
+an ``rnncore.LSTM`` directly with NumPy arrays, as a fraction of the module's full step. Beside
+them, the bare calls followed by a ``torch.autograd.Function`` with the module's inputs and
+outputs that computes nothing: the difference is what PyTorch's autograd machinery alone costs
+there, between heavy calls (any module written as such a Function pays it).
 
 The floor: an LSTM layer's forward and backward are six GEMM-shaped products of the same size
 (forward: the input projection and the recurrent products; backward: the recurrent products,
@@ -154,14 +157,47 @@ def run(shapes=SHAPES, threads=2, rounds=5, budget_s=1.5, seed=0, progress=None,
     return out
 
 
+def _empty_function(torch, module, x):
+    """A ``torch.autograd.Function`` with the module's inputs and outputs (x, the states, the
+    parameters; y, h_n, c_n) that computes nothing: its outputs and gradients are arrays made once.
+    Its forward and backward cost what PyTorch's autograd machinery costs any such module."""
+    T, N, H = x.shape[0], x.shape[1], module.hidden_size
+    y, h, c = (np.zeros(s, np.float32) for s in ((T, N, H), (1, N, H), (1, N, H)))
+    params = list(module.parameters())
+    grads = [np.zeros(tuple(p.shape), np.float32) for p in params]
+
+    class Empty(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, h0, c0, *ps):
+            ctx.save_for_backward(*ps)
+            return torch.from_numpy(y), torch.from_numpy(h), torch.from_numpy(c)
+
+        @staticmethod
+        def backward(ctx, dy, dh, dc):
+            ctx.saved_tensors
+            return (None, None, None) + tuple(torch.from_numpy(g) for g in grads)
+
+    dy = torch.from_numpy(np.ones((T, N, H), np.float32))
+
+    def run():
+        for p in params:
+            p.grad = None
+        out = Empty.apply(x, None, None, *params)
+        out[0].backward(dy)
+    return run
+
+
 def _overhead(torch, module, x, rounds, budget_s, step_s, progress):
-    """Forward and backward through the module against the same calls on rnncore.LSTM directly."""
+    """Forward and backward through the module against the same calls on rnncore.LSTM directly;
+    and, beside the bare calls, a Function that computes nothing (_empty_function): PyTorch's own
+    share of the difference, measured as (bare calls + the empty Function) - bare calls."""
     if progress:
         progress("torch step: wrapper overhead")
     core = rnncore.from_torch(module)
     xn = x.numpy()
     dy = np.random.default_rng(1).standard_normal((x.shape[0], x.shape[1], module.hidden_size)).astype(np.float32)
     dyt = torch.from_numpy(dy)
+    empty = _empty_function(torch, module, x)
 
     def wrapped():
         module.zero_grad(set_to_none=True)
@@ -171,13 +207,20 @@ def _overhead(torch, module, x, rounds, budget_s, step_s, progress):
     def bare():
         y, _, tape = core.forward(xn, train=True)
         core.backward(tape, dy)
-    times = _interleaved({"module": wrapped, "bare": bare}, rounds, budget_s)
+
+    def bare_and_empty():
+        bare()
+        empty()
+    times = _interleaved({"module": wrapped, "bare": bare, "bare + empty Function": bare_and_empty}, rounds,
+                         budget_s)
     med = {k: float(np.median(v)) for k, v in times.items()}
     best = {k: float(np.min(v)) for k, v in times.items()}
     return {"T": x.shape[0], "N": x.shape[1], "H": module.hidden_size, "median_s": med, "min_s": best,
             "step_s": step_s, "overhead_s": med["module"] - med["bare"],
             "fraction_of_step": (med["module"] - med["bare"]) / step_s,
-            "overhead_min_s": best["module"] - best["bare"]}
+            "overhead_min_s": best["module"] - best["bare"],
+            "autograd_s": med["bare + empty Function"] - med["bare"],
+            "autograd_fraction_of_step": (med["bare + empty Function"] - med["bare"]) / step_s}
 
 
 def _machine(torch):
@@ -216,6 +259,10 @@ def to_text(result):
                      f"on rnncore.LSTM directly: {o['overhead_s'] * 1e3:.3f} ms, "
                      f"{100 * o['fraction_of_step']:.1f} % of the module's full step (medians); "
                      f"{o['overhead_min_s'] * 1e3:.3f} ms between the minima")
+        if "autograd_s" in o:
+            lines.append(f"  of which PyTorch's autograd machinery alone (a Function with the same inputs and outputs "
+                         f"that computes nothing, run after the bare calls): {o['autograd_s'] * 1e3:.3f} ms, "
+                         f"{100 * o['autograd_fraction_of_step']:.1f} % of the step")
     rows = {(r["T"], r["N"], r["H"]): r for r in result["shapes"]}
     if rows:
         n8 = [r for r in rows.values() if r["N"] == 8]
@@ -249,6 +296,10 @@ def to_markdown(result):
     if o:
         text += (f"\n\nWrapper overhead at ({o['T']}, {o['N']}, {o['H']}): {o['overhead_s'] * 1e3:.3f} ms per forward + "
                  f"backward, {100 * o['fraction_of_step']:.1f} % of the full step.")
+        if "autograd_s" in o:
+            text += (f" Of that, PyTorch's autograd machinery alone (a Function with the same inputs and outputs that "
+                     f"computes nothing, run after the bare calls): {o['autograd_s'] * 1e3:.3f} ms, "
+                     f"{100 * o['autograd_fraction_of_step']:.1f} % of the step.")
     where = "PyTorch's OpenMP threads" if result.get("openmp_shared") else "its own threads"
     return (f"## {result['what']}\n\n{result['dtype']}, {result['threads']} threads each; rnncore's team on "
             f"{where}.\n\n{text}\n")
