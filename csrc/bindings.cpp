@@ -272,7 +272,7 @@ py::tuple forward_t(const Config& c, const py::list& weights, const py::array& x
 
 template <class T>
 py::tuple backward_t(const Tape<T>& tape, const py::list& weights, const py::object& masks_, const py::object& dy_,
-                     const py::object& dh_n_, const py::object& dc_n_) {
+                     const py::object& dh_n_, const py::object& dc_n_, bool need_dx) {
   const Problem& p = tape.p;
   const Config c = config(p.cell, p.layers, p.dirs, p.T, p.N, p.D, p.H, p.P);
   std::vector<py::array_t<T>> keep;
@@ -283,7 +283,13 @@ py::tuple backward_t(const Tape<T>& tape, const py::list& weights, const py::obj
   const T* dh_n = optional<T>(dh_n_, "dh_n", state, keep);
   const T* dc_n = c.has_c ? optional<T>(dc_n_, "dc_n", cstate, keep) : nullptr;
 
-  auto dx = empty<T>({p.T, p.N, p.D});
+  py::object dx = py::none();
+  T* dx_ptr = nullptr;
+  if (need_dx) {
+    auto a = empty<T>({p.T, p.N, p.D});
+    dx_ptr = a.mutable_data();
+    dx = a;
+  }
   auto dh0 = empty<T>(state);
   py::object dc0 = py::none();
   T* dc0_ptr = nullptr;
@@ -307,8 +313,7 @@ py::tuple backward_t(const Tape<T>& tape, const py::list& weights, const py::obj
     grads_out.append(out);
   }
   run_released([&] {
-    backward<T>(tape, params.data(), masks, dy, dh_n, dc_n, dx.mutable_data(), dh0.mutable_data(), dc0_ptr,
-                grads.data());
+    backward<T>(tape, params.data(), masks, dy, dh_n, dc_n, dx_ptr, dh0.mutable_data(), dc0_ptr, grads.data());
   });
   return py::make_tuple(dx, dh0, dc0, grads_out);
 }
@@ -349,16 +354,18 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "backward",
       [](const PyTape& t, const py::list& weights, const py::object& masks, const py::object& dy,
-         const py::object& dh_n, const py::object& dc_n) {
-        if (t.f) return backward_t<float>(*t.f, weights, masks, dy, dh_n, dc_n);
-        if (t.d) return backward_t<double>(*t.d, weights, masks, dy, dh_n, dc_n);
+         const py::object& dh_n, const py::object& dc_n, bool need_dx) {
+        if (t.f) return backward_t<float>(*t.f, weights, masks, dy, dh_n, dc_n, need_dx);
+        if (t.d) return backward_t<double>(*t.d, weights, masks, dy, dh_n, dc_n, need_dx);
         throw py::value_error("tape: empty");
       },
       py::arg("tape"), py::arg("weights"), py::arg("masks"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
-      "backward(tape, weights, masks, dy, dh_n, dc_n) -> (dx, dh0, dc0, grads)\n\n"
+      py::arg("need_dx") = true,
+      "backward(tape, weights, masks, dy, dh_n, dc_n, need_dx=True) -> (dx, dh0, dc0, grads)\n\n"
       "Backpropagation through time of the forward that made tape, with the same weights and masks. "
-      "dy (T, N, dirs * H), dh_n and dc_n (layers * dirs, N, H) may each be None (zero). Returns dx, "
-      "dh0, dc0 (None but for the LSTM) and per layer and direction (dW_ih, dW_hh, db, db_hn or None).");
+      "dy (T, N, dirs * H), dh_n and dc_n (layers * dirs, N, H) may each be None (zero). Returns dx "
+      "(None when need_dx is false: the first layer's input GEMM is skipped), dh0, dc0 (None but for "
+      "the LSTM) and per layer and direction (dW_ih, dW_hh, db, db_hn or None).");
 
   m.def(
       "cell_info",

@@ -835,7 +835,8 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
   Buffer<T> xbuf;
   const T* xp = L.slot_input(in, xbuf);
   team_gemm<T>(L.threads, true, false, G, L.D, R, dG, ldd, xp, L.D, T(0), gr.p[0], L.D);
-  if (S.natural && L.d == 0) {
+  if (!dx) {  // the first layer's input needs no gradient (backward's dx null)
+  } else if (S.natural && L.d == 0) {
     team_gemm<T>(L.threads, false, false, R, L.D, G, dG, ldd, L.W_ih(), L.D, T(1), dx, L.D);
   } else {
     Buffer<T> dxp(R * L.D);
@@ -908,8 +909,8 @@ void backward(const Tape<T>& tape, const LayerParams<T>* params, const T* masks,
   for (int64_t l = p.layers - 1; l >= 0; --l) {
     const int64_t D = l == 0 ? p.D : out_w;
     if (l > 0) din_buf = Buffer<T>(TN * D);
-    T* din = l == 0 ? dx : din_buf.data();
-    zero(din, TN * D);
+    T* din = l == 0 ? dx : din_buf.data();  // null: no gradient of the input wanted
+    if (din) zero(din, TN * D);
     for (int d = 0; d < p.dirs; ++d) {
       const int64_t k = l * p.dirs + d;
       Layer<T> L{kern.cell, kern.step, S, params[k], D, p.H, d, threads, p.R()};

@@ -24,7 +24,7 @@ def test_run_reports_every_shape_and_the_overhead():
         assert r["speedup_min"] == pytest.approx(r["min_s"]["torch.nn.LSTM"] / r["min_s"]["rnncore.torch.LSTM"])
         assert all(r["min_s"][k] <= r["median_s"][k] for k in r["min_s"])
         # the floor: the step's FLOPs at the measured peak, and torch.nn's time over it
-        assert r["floor_s"] == pytest.approx(torch_step.lstm_step_flops(r["T"], r["N"], r["H"])
+        assert r["floor_s"] == pytest.approx(torch_step.lstm_step_flops(r["T"], r["N"], r["H"], input_grad=False)
                                              / (res["peak"]["gflops"] * 1e9))
         assert r["max_speedup"] == pytest.approx(r["median_s"]["torch.nn.LSTM"] / r["floor_s"])
         assert r["floor_s"] < r["min_s"]["rnncore.torch.LSTM"]       # microseconds of FLOPs, milliseconds of step
@@ -50,6 +50,8 @@ def test_the_floor_counts_the_six_products_of_an_lstm_layer():
     p = m.parameters()
     per_row = p["W_ih_l0"].size + p["W_hh_l0"].size              # one pass over both weights, per row
     assert torch_step.lstm_step_flops(T, N, H) == 2 * 3 * T * N * per_row
+    # without dx: the five others (dx multiplies by W_ih, the size of one of the six)
+    assert torch_step.lstm_step_flops(T, N, H, input_grad=False) == 2 * 3 * T * N * per_row - 2 * T * N * p["W_ih_l0"].size
 
 
 def test_the_empty_function_runs_a_backward_that_reaches_every_parameter():

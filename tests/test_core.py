@@ -267,3 +267,23 @@ def test_large_gemms_split_over_threads_give_identical_bits(kind):
     ref = getattr(rnncore.reference, cls.__name__)(64, 64, num_layers=2, bidirectional=True)
     ref.load_state_dict(m.state_dict())
     np.testing.assert_allclose(y, ref(x.astype(np.float64), lengths=lens)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru", "gru_after"])
+@pytest.mark.parametrize("ref", [False, True])
+def test_backward_without_the_input_gradient(kind, ref):
+    """input_grad=False skips dx (the first layer's input product): no "x" entry, and every other
+    gradient the same bits as with it; two layers, both directions, lengths, batch_first."""
+    m = make(kind, np.float64, layers=2, bidirectional=True, batch_first=True, seed=4, ref=ref)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((N, T, D))
+    y, _, tape = m.forward(x, lengths=LENGTHS, train=True)
+    dy = rng.standard_normal(y.shape)
+    full = m.backward(tape, dy)
+    part = m.backward(tape, dy, input_grad=False)
+    assert "x" in full and "x" not in part
+    assert sorted(part) == sorted(k for k in full if k != "x")
+    for k in part:
+        assert part[k].tobytes() == full[k].tobytes(), k
+    with pytest.raises(TypeError, match="input_grad: expected a bool"):
+        m.backward(tape, dy, input_grad=1)

@@ -563,3 +563,32 @@ def test_import_rnncore_does_not_import_torch():
             "m = rnncore.torch; assert 'torch' in sys.modules and m.LSTM.__module__ == 'rnncore.torch'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_an_input_without_requires_grad_skips_its_gradient(kind, monkeypatch):
+    """Data that needs no gradient (the usual training input): rnncore's backward is asked for no
+    dx, and every parameter's and state's gradient still equals torch.nn's."""
+    asked = []
+    real = models._Recurrent.backward
+
+    def spy(self, *args, **kw):
+        asked.append(kw.get("input_grad", True))
+        return real(self, *args, **kw)
+    monkeypatch.setattr(models._Recurrent, "backward", spy)
+    a, b = _pair(kind, num_layers=2, bidirectional=True)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(T, N, D, generator=g, dtype=torch.float64)
+    h0 = torch.randn(4, N, H, generator=g, dtype=torch.float64)
+    hx = (h0, torch.randn(4, N, H, generator=g, dtype=torch.float64)) if kind == "lstm" else h0
+    grads = []
+    for m in (a, b):
+        m.zero_grad()
+        hxm = tuple(h.clone().requires_grad_(True) for h in hx) if kind == "lstm" else hx.clone().requires_grad_(True)
+        y, _ = m(x, hxm)
+        (y * y).sum().backward()
+        states = hxm if kind == "lstm" else (hxm,)
+        grads.append([h.grad for h in states] + [p.grad for p in m.parameters()])
+    assert asked == [False]
+    for i, (ga, gb) in enumerate(zip(*grads)):
+        _close(ga, gb, f"gradient {i}")

@@ -571,9 +571,10 @@ class _ReferenceEngine:
     forward = staticmethod(forward)
 
     @staticmethod
-    def backward(tape, weights, masks, dy, dh_n, dc_n):
+    def backward(tape, weights, masks, dy, dh_n, dc_n, need_dx=True):
         # the reference tape holds its own copies of the weights and masks
-        return backward(tape, dy, dh_n, dc_n)
+        dx, dh0, dc0, dw = backward(tape, dy, dh_n, dc_n)
+        return (dx if need_dx else None), dh0, dc0, dw
 
 
 class RNN(_models.RNN):

@@ -81,8 +81,9 @@ class _Recurrent(torch.autograd.Function):
         core = ctx.core
         if ctx.tape is None:
             raise RuntimeError("rnncore.torch: no tape was kept for this forward (internal error)")
-        grads = core.backward(ctx.tape, _np(dy), _np(dh_n), _np(dc_n) if core._has_c else None)
         need = ctx.needs_input_grad
+        grads = core.backward(ctx.tape, _np(dy), _np(dh_n), _np(dc_n) if core._has_c else None,
+                              input_grad=bool(need[3]))   # no dx when the input needs no gradient
         out = [None, None, None]
         for i, key in enumerate(("x", "h0", "c0")):
             out.append(torch.from_numpy(grads[key]) if need[3 + i] and key in grads else None)

@@ -8,17 +8,19 @@ timing, their losses and gradients are checked to agree. Both use the same threa
 
 The wrapper's own cost is measured at the first shape: forward and backward of the module
 (autograd, argument checks, the parameter map) against the same forward and backward called on
-an ``rnncore.LSTM`` directly with NumPy arrays, as a fraction of the module's full step. Beside
+an ``rnncore.LSTM`` directly with NumPy arrays (without the input's gradient, which the module
+skips too when the input needs none), as a fraction of the module's full step. Beside
 them, the bare calls followed by a ``torch.autograd.Function`` with the module's inputs and
 outputs that computes nothing: the difference is what PyTorch's autograd machinery alone costs
 there, between heavy calls (any module written as such a Function pays it).
 
 The floor: an LSTM layer's forward and backward are six GEMM-shaped products of the same size
 (forward: the input projection and the recurrent products; backward: the recurrent products,
-dx, dW_ih and dW_hh), 2 * 6 * T * N * 4H * H FLOPs at D = H. At the best size^3 SGEMM rate
-measured in the same run (rnncore's OpenBLAS or torch.mm, whichever is faster, with the same
-threads), that work alone takes ``floor_s``: no implementation's step can be faster, so
-``torch.nn.LSTM``'s step time over it bounds the speedup any replacement can reach.
+dx, dW_ih and dW_hh), 2 * 6 * T * N * 4H * H FLOPs at D = H; five when the input needs no
+gradient, as here (the step's input is data), since dx is then not needed. At the best size^3
+SGEMM rate measured in the same run (rnncore's OpenBLAS or torch.mm, whichever is faster, with
+the same threads), the five products alone take ``floor_s``: no implementation's step can be
+faster, so ``torch.nn.LSTM``'s step time over it bounds the speedup any replacement can reach.
 
 Times are medians over interleaved rounds: each round times every variant in turn (in a rotating
 order), so a slowdown of the machine touches all of them alike. The ratio of the minima is given
@@ -87,9 +89,10 @@ def _check_agreement(torch, ours, theirs, x, target):
     return worst
 
 
-def lstm_step_flops(T, N, H):
-    """FLOPs of one LSTM layer's forward and backward at D = H: six products of T*N x H by H x 4H."""
-    return 2.0 * 6 * T * N * 4 * H * H
+def lstm_step_flops(T, N, H, input_grad=True):
+    """FLOPs of one LSTM layer's forward and backward at D = H: six products of T*N x H by H x 4H,
+    five without the input's gradient (dx)."""
+    return 2.0 * (6 if input_grad else 5) * T * N * 4 * H * H
 
 
 def _gemm_peak(torch, threads, size):
@@ -145,7 +148,7 @@ def run(shapes=SHAPES, threads=2, rounds=5, budget_s=1.5, seed=0, progress=None,
                    "speedup": med["torch.nn.LSTM"] / med["rnncore.torch.LSTM"],
                    "speedup_min": best["torch.nn.LSTM"] / best["rnncore.torch.LSTM"]}
             if out["peak"]:
-                floor = lstm_step_flops(T, N, H) / (out["peak"]["gflops"] * 1e9)
+                floor = lstm_step_flops(T, N, H, input_grad=False) / (out["peak"]["gflops"] * 1e9)
                 row["floor_s"] = floor
                 row["max_speedup"] = med["torch.nn.LSTM"] / floor
             out["shapes"].append(row)
@@ -204,9 +207,9 @@ def _overhead(torch, module, x, rounds, budget_s, step_s, progress):
         y, _ = module(x)
         y.backward(dyt)
 
-    def bare():
+    def bare():  # as the module: x needs no gradient, so none is computed
         y, _, tape = core.forward(xn, train=True)
-        core.backward(tape, dy)
+        core.backward(tape, dy, input_grad=x.requires_grad)
 
     def bare_and_empty():
         bare()
@@ -249,7 +252,8 @@ def to_text(result):
                      f"{floor}  {r['max_rel_diff']:.2g}")
     p = result.get("peak")
     if p:
-        lines.append(f"floor: the LSTM's six GEMM-shaped products (2 * 6 * T * N * 4H * H FLOPs) at the best "
+        lines.append(f"floor: the LSTM's five GEMM-shaped products a step needs when its input needs no gradient "
+                     f"(2 * 5 * T * N * 4H * H FLOPs) at the best "
                      f"{p['size']}^3 SGEMM measured here, {p['gflops']:.0f} GFLOP/s ({p['source']}); max speedup: "
                      f"torch.nn's step over that floor, the most any replacement could reach")
     o = result.get("overhead")
@@ -289,7 +293,8 @@ def to_markdown(result):
     text = "\n".join(rows)
     p = result.get("peak")
     if p:
-        text += (f"\n\nGEMM floor: the LSTM's forward and backward FLOPs (2 * 6 * T * N * 4H * H) at the best "
+        text += (f"\n\nGEMM floor: the FLOPs of the LSTM's forward and backward without the input's gradient "
+                 f"(2 * 5 * T * N * 4H * H) at the best "
                  f"{p['size']}^3 SGEMM measured in the same run, {p['gflops']:.0f} GFLOP/s ({p['source']}). Max "
                  f"speedup: torch.nn.LSTM's step over that floor, the most any replacement could reach.")
     o = result.get("overhead")
