@@ -410,6 +410,7 @@ PYBIND11_MODULE(_core, m) {
   // starts as large as the BLAS would have been (OPENBLAS_NUM_THREADS or cores).
   set_team_size(blas_get_num_threads());
   blas_set_num_threads(1);
+  prepare_for_fork();
   g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<int64_t>();
   m.def("set_num_threads", &set_team_size, py::arg("n"),
         "Threads of rnncore's team for the calls from now on (1 to MAX_THREADS; unchecked here: "

@@ -3,6 +3,7 @@
 // extensions and builtins that all of these accept; cl.exe itself does not (CMakeLists.txt stops
 // with a message there).
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -76,10 +77,10 @@ class WorkspacePool {
   static constexpr size_t kMaxHeld = size_t(256) << 20;
   static constexpr int kSlots = 16;
 
-  static WorkspacePool& get() {
-    static WorkspacePool* pool = new WorkspacePool;  // never destroyed: blocks may be freed at exit
-    return *pool;
-  }
+  static WorkspacePool& get() { return *instance().load(std::memory_order_acquire); }
+  // In a forked child: another thread of the parent may have held the pool's lock at the fork,
+  // so the child starts an empty pool of its own (the parent's copy and its blocks are left).
+  static void forget_after_fork() { instance().store(new WorkspacePool); }
   // A block of at least `bytes` (its size in *got), or nullptr: none fits.
   void* take(size_t bytes, size_t* got) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -133,6 +134,10 @@ class WorkspacePool {
     int64_t stamp;
   };
   static int64_t now();  // milliseconds, steady clock (team.cpp)
+  static std::atomic<WorkspacePool*>& instance() {
+    static std::atomic<WorkspacePool*> pool{new WorkspacePool};  // never destroyed: blocks may be freed at exit
+    return pool;
+  }
   void* pop_oldest() {
     int o = 0;
     for (int i = 1; i < n_; ++i)

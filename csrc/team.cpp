@@ -422,17 +422,22 @@ void forget_team_after_fork() {
   // otherwise), so the child's calls run on a team of rnncore's own.
   g_team.store(nullptr);
   g_openmp.store(nullptr);
+  WorkspacePool::forget_after_fork();
 }
 
-Team* team() {
-  Team* t = g_team.load();
-  if (t) return t;
+void register_fork_handler() {
   static std::once_flag atfork;
 #if defined(__unix__) || defined(__APPLE__)
   std::call_once(atfork, [] { pthread_atfork(nullptr, nullptr, &forget_team_after_fork); });
 #else
   (void)atfork;
 #endif
+}
+
+Team* team() {
+  Team* t = g_team.load();
+  if (t) return t;
+  register_fork_handler();
   Team* fresh = new Team;  // never deleted: workers may outlive any static destructor
   if (g_team.compare_exchange_strong(t, fresh)) return fresh;
   delete fresh;
@@ -463,6 +468,8 @@ TeamStats team_stats() {
   return {g_team_calls.load(), g_solo_calls.load(), g_steals.load(), g_stalls.load(),
           g_moves.load(),      g_workers.load(),    g_openmp_calls.load()};
 }
+
+void prepare_for_fork() { register_fork_handler(); }
 
 bool attach_openmp(const char* path) {
 #if defined(__unix__) || defined(__APPLE__)

@@ -64,6 +64,10 @@ bool attach_openmp(const char* path);
 void detach_openmp();
 bool openmp_attached();
 
+// Registers what a forked child must forget (the team, a lent OpenMP runtime, the workspace
+// pool, whose lock another thread may have held at the fork); called once at import.
+void prepare_for_fork();
+
 // Team statistics for tests and the benchmark: calls that used the team, calls that ran on their
 // caller alone (the team was busy, or recently stalled), items taken over from another thread,
 // stalls (a thread waited too long for an item another had started, and finished the call

@@ -229,6 +229,40 @@ def test_a_forked_child_gets_a_team_of_its_own(shared):
     assert out.strip() == "ok"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_children_forked_while_another_thread_computes_can_compute():
+    """Forks taken while a thread of the parent keeps calling rnncore, whose calls take the
+    workspace pool's lock at every buffer: the lock may be held at the fork, and every child
+    must still compute (a child that hangs is killed by its alarm and counts as bad)."""
+    out = run_isolated("""
+        import os, signal, threading, numpy as np, rnncore
+        rnncore.set_num_threads(1)
+        m = rnncore.LSTM(8, 16, seed=1)
+        x = np.random.default_rng(0).standard_normal((3, 2, 8)).astype(np.float32)
+        want = m(x)[0]
+        stop = []
+        def busy():
+            while not stop:
+                y, _, tape = m.forward(x, train=True)
+                m.backward(tape, y)
+        t = threading.Thread(target=busy)
+        t.start()
+        bad = 0
+        for i in range(120):
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(20)
+                ok = all(np.array_equal(m(x)[0], want) for _ in range(3))
+                os._exit(0 if ok else 3)
+            _, status = os.waitpid(pid, 0)
+            bad += os.waitstatus_to_exitcode(status) != 0
+        stop.append(1)
+        t.join()
+        print(bad)
+    """)
+    assert out.split()[-1] == "0", out
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("threads_,shared", [(1, False), (2, False), (2, True)])
 def test_ctrl_c_stops_a_long_call_soon_and_changes_nothing(threads_, shared):
