@@ -311,9 +311,10 @@ void bias_grad(const AllSteps<T>& a) {
     column_sums(a.dg + q * a.H + a.u0, a.R, a.u1 - a.u0, a.ldd, a.dp[2] + q * a.H + a.u0);
 }
 
+// Row-wise hooks get whole groups of `group` rows (kPartialRows for a cell with partial_cols).
 template <class T>
-void run_rowwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), const AllSteps<T>& a) {
-  run_split(L, hook, a, a.R, 16, [](AllSteps<T>& m, int64_t i0, int64_t i1) { m.r0 = i0, m.r1 = i1; });
+void run_rowwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), const AllSteps<T>& a, int64_t group = 16) {
+  run_split(L, hook, a, a.R, group, [](AllSteps<T>& m, int64_t i0, int64_t i1) { m.r0 = i0, m.r1 = i1; });
 }
 template <class T>
 void run_unitwise(const Layer<T>& L, void (*hook)(const AllSteps<T>&), const AllSteps<T>& a) {
@@ -823,22 +824,15 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
                  bk.op_col < 0 ? Rh : W, T(0), gr.p[1] + bk.row0 * H * Rh, Rh);
   }
   if (proj) team_gemm<T>(L.threads, true, false, Rh, H, R, dHT.data(), Rh, ms, H, T(0), gr.p[cell.num_params], H);
-  if (cell.input_grads) {
-    if (cell.partial_cols)  // whole groups of kPartialRows rows per thread
-      run_split(L, cell.input_grads, all, R, kPartialRows, [](AllSteps<T>& m, int64_t i0, int64_t i1) {
-        m.r0 = i0, m.r1 = i1;
-      });
-    else
-      run_rowwise(L, cell.input_grads, all);
-  }
+  if (cell.input_grads) run_rowwise(L, cell.input_grads, all, cell.partial_cols ? kPartialRows : 16);
   if (cell.param_grads && cell.partial_cols) run_unitwise(L, cell.param_grads, all);
   Buffer<T> xbuf;
   const T* xp = L.slot_input(in, xbuf);
   team_gemm<T>(L.threads, true, false, G, L.D, R, dG, ldd, xp, L.D, T(0), gr.p[0], L.D);
-  if (!dx) {  // the first layer's input needs no gradient (backward's dx null)
-  } else if (S.natural && L.d == 0) {
+  // dx null: the first layer's input needs no gradient
+  if (dx && S.natural && L.d == 0) {
     team_gemm<T>(L.threads, false, false, R, L.D, G, dG, ldd, L.W_ih(), L.D, T(1), dx, L.D);
-  } else {
+  } else if (dx) {
     Buffer<T> dxp(R * L.D);
     team_gemm<T>(L.threads, false, false, R, L.D, G, dG, ldd, L.W_ih(), L.D, T(0), dxp.data(), L.D);
     scatter(S, L.d, dxp.data(), L.D, 0, dx, L.D, true);

@@ -425,19 +425,10 @@ void forget_team_after_fork() {
   WorkspacePool::forget_after_fork();
 }
 
-void register_fork_handler() {
-  static std::once_flag atfork;
-#if defined(__unix__) || defined(__APPLE__)
-  std::call_once(atfork, [] { pthread_atfork(nullptr, nullptr, &forget_team_after_fork); });
-#else
-  (void)atfork;
-#endif
-}
-
 Team* team() {
   Team* t = g_team.load();
   if (t) return t;
-  register_fork_handler();
+  prepare_for_fork();  // done at import already; cheap when repeated
   Team* fresh = new Team;  // never deleted: workers may outlive any static destructor
   if (g_team.compare_exchange_strong(t, fresh)) return fresh;
   delete fresh;
@@ -469,7 +460,14 @@ TeamStats team_stats() {
           g_moves.load(),      g_workers.load(),    g_openmp_calls.load()};
 }
 
-void prepare_for_fork() { register_fork_handler(); }
+void prepare_for_fork() {
+  static std::once_flag atfork;
+#if defined(__unix__) || defined(__APPLE__)
+  std::call_once(atfork, [] { pthread_atfork(nullptr, nullptr, &forget_team_after_fork); });
+#else
+  (void)atfork;
+#endif
+}
 
 bool attach_openmp(const char* path) {
 #if defined(__unix__) || defined(__APPLE__)
@@ -485,8 +483,16 @@ bool attach_openmp(const char* path) {
     if (named) dlclose(handle);
     return false;
   }
-  (void)team();  // the fork handler, which gives the runtime up in a child, is registered with the team
-  g_openmp.store(new OpenMP{parallel, thread_num, in_parallel});  // kept, like the handle
+  // Kept, like the handle: a call may still be using the entry points when another detaches. The
+  // same runtime attached again reuses its entry; a new one gets a new (a process has one or two).
+  static std::mutex m;
+  static std::vector<const OpenMP*> known;
+  std::lock_guard<std::mutex> lock(m);
+  const OpenMP* entry = nullptr;
+  for (const OpenMP* k : known)
+    if (k->parallel == parallel && k->thread_num == thread_num && k->in_parallel == in_parallel) entry = k;
+  if (!entry) known.push_back(entry = new OpenMP{parallel, thread_num, in_parallel});
+  g_openmp.store(entry);
   return true;
 #else
   (void)path;

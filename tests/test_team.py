@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -172,18 +173,27 @@ def test_calls_on_pytorchs_openmp_threads_give_the_same_bits(threads, kind, kw):
     dy = rng.standard_normal((9, 20, 2 * H_out)).astype(np.float32)
     try:
         assert rt.share_threads(True)
-        before = rnncore.team_stats()["openmp_calls"]
-        shared = run_all(m, x, lengths, dy)
-        assert rnncore.team_stats()["openmp_calls"] > before
+        # A busy machine can make the team stall and run calls on their caller alone for up to a
+        # second (README, Threads): repeat until a call has run on PyTorch's threads; every
+        # repetition's bits are compared below.
+        runs, deadline = [], time.monotonic() + 10
+        while True:
+            before = rnncore.team_stats()["openmp_calls"]
+            runs.append(run_all(m, x, lengths, dy))
+            if rnncore.team_stats()["openmp_calls"] > before:
+                break
+            assert time.monotonic() < deadline, "no call ran on PyTorch's OpenMP threads in 10 s"
+            time.sleep(0.05)
         assert rt.share_threads(False) is False
         before = rnncore.team_stats()["openmp_calls"]
         own = run_all(m, x, lengths, dy)
         assert rnncore.team_stats()["openmp_calls"] == before
     finally:
         rt.share_threads(True)       # as importing rnncore.torch left it
-    assert len(shared) == len(own)
-    for a, b in zip(shared, own):
-        assert a.dtype == b.dtype and np.array_equal(a, b)
+    for shared in runs:
+        assert len(shared) == len(own)
+        for a, b in zip(shared, own):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
 def test_share_threads_takes_a_bool():
@@ -216,11 +226,10 @@ def test_a_forked_child_gets_a_team_of_its_own(shared):
         want = m(x)[0]
         pid = os.fork()
         if pid == 0:   # the parent's workers do not exist here
-            before = rnncore.team_stats()
+            before = rnncore.team_stats()["openmp_calls"]
             ok = all(np.array_equal(m(x)[0], want) for _ in range(20))
-            after = rnncore.team_stats()
-            own = after["team_calls"] > before["team_calls"] and after["openmp_calls"] == before["openmp_calls"]
-            os._exit(0 if ok and own else 3)
+            own = rnncore.team_stats()["openmp_calls"] == before
+            os._exit(0 if ok and own and rnncore.team_stats()["team_calls"] > 0 else 3)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, status
         assert np.array_equal(m(x)[0], want)

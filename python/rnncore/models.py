@@ -149,11 +149,16 @@ class Gradients(Dict[str, np.ndarray]):
         return (Gradients, (self.inputs(), self.parameters()))
 
 
+def _param_entries(cell: str, proj_size: int) -> List[Dict[str, Any]]:
+    """The cell's parameter entries (CELL_INFO), then W_hr's when the layers project."""
+    info = CELL_INFO[cell]
+    return list(info["params"]) + ([info["projection"]] if proj_size else [])
+
+
 @functools.lru_cache(maxsize=256)
 def _shapes_of(cell: str, D: int, H: int, P: int, layers: int, dirs: int, with_init: bool) -> Tuple[Any, ...]:
     """Model._param_shapes of a configuration, made once (a call reads it several times)."""
-    info = CELL_INFO[cell]
-    entries = list(info["params"]) + ([info["projection"]] if P else [])
+    entries = _param_entries(cell, P)
     R = P or H
     out = []
     for layer in range(layers):
@@ -382,8 +387,7 @@ class _Recurrent:
 
     def _param_list(self) -> List[Dict[str, Any]]:
         """The cell's parameter entries (CELL_INFO), then W_hr's when the layers project."""
-        info = self._info
-        return list(info["params"]) + ([info["projection"]] if self.proj_size else [])
+        return _param_entries(self.cell, self.proj_size or 0)
 
     def _param_shapes(self, with_init: bool = False) -> Iterator[Any]:
         """(name, shape) of every parameter, layer by layer, forward then reverse, in the cell's order

@@ -195,9 +195,6 @@ class _Module:
                 plan.append(("as is", idx["weight_hr" + sfx], None, shape))
         return plan
 
-    def _dtype(self):
-        return self._flat_weights[0].dtype
-
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_rnncore_cache", None)      # rebuilt on the next call; rnncore models are not pickled here
@@ -219,16 +216,9 @@ class _Module:
             raise TypeError(f"{name}: expected a dense (strided) tensor, got {_describe(t)} with layout {t.layout}")
 
     def _check_parameters(self):
-        # torch keeps _flat_weights in step with the named parameters (RNNBase.__setattr__)
-        weights = self._flat_weights
-        first = weights[0] if weights else None
-        if (isinstance(first, torch.Tensor) and first.dtype in _NP_DTYPES and first.device.type == "cpu"
-                and all(isinstance(p, torch.Tensor) and p.dtype is first.dtype and p.device.type == "cpu"
-                        for p in weights)):
-            return first.dtype
         dtypes = set()
-        for name in self._flat_weights_names:
-            p = getattr(self, name)
+        # torch keeps _flat_weights in step with the named parameters (RNNBase.__setattr__)
+        for name, p in zip(self._flat_weights_names, self._flat_weights):
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"parameter {name!r}: expected a tensor, got {type(p).__name__}")
             if p.device.type != "cpu":
@@ -471,7 +461,8 @@ def _torch_openmp_library():
     here = os.path.dirname(os.path.realpath(torch.__file__))
     try:
         with open("/proc/self/maps") as f:
-            paths = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+            fields = (line.split(None, 5) for line in f)
+            paths = {x[5].strip() for x in fields if len(x) == 6}
     except OSError:
         return ""
     ours = sorted(p for p in paths if os.path.basename(p).startswith(("libgomp", "libomp", "libiomp"))

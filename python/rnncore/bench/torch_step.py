@@ -18,8 +18,8 @@ The floor: an LSTM layer's forward and backward are six GEMM-shaped products of 
 (forward: the input projection and the recurrent products; backward: the recurrent products,
 dx, dW_ih and dW_hh), 2 * 6 * T * N * 4H * H FLOPs at D = H; five when the input needs no
 gradient, as here (the step's input is data), since dx is then not needed. At the best size^3
-SGEMM rate measured in the same run (rnncore's OpenBLAS or torch.mm, whichever is faster, with
-the same threads), the five products alone take ``floor_s``: no implementation's step can be
+SGEMM rate measured in the same run (rnncore's OpenBLAS, NumPy's matmul or torch.mm, whichever
+is fastest, with the same threads), the five products alone take ``floor_s``: no implementation's step can be
 faster, so ``torch.nn.LSTM``'s step time over it bounds the speedup any replacement can reach.
 
 Times are medians over interleaved rounds: each round times every variant in turn (in a rotating
@@ -96,7 +96,8 @@ def lstm_step_flops(T, N, H, input_grad=True):
 
 
 def _gemm_peak(torch, threads, size):
-    """The best size^3 float32 GEMM rate (FLOP/s) of rnncore's OpenBLAS and torch.mm, and which."""
+    """The best size^3 float32 GEMM rate (FLOP/s) of rnncore's OpenBLAS, NumPy's matmul (when the
+    threads are all the cores) and torch.mm, and which (timing.gemm_peaks)."""
     from .machine import rnncore_blas
     from .timing import gemm_peaks
 
