@@ -146,9 +146,39 @@ const T* optional(const py::object& obj, const char* name, const std::vector<int
   return keep.back().data();
 }
 
+// An output array. Large ones take their memory from the workspace pool (platform.h) and give it
+// back there when NumPy frees them: in a training loop the next call's outputs and gradients then
+// reuse warm memory, not pages the C library has just given back to the system.
+struct PooledBlock {
+  void* p;
+  size_t bytes;
+};
 template <class T>
 py::array_t<T> empty(const std::vector<int64_t>& shape) {
-  return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  const std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  size_t n = 1;
+  for (int64_t d : shape) n *= size_t(d);
+  size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+  if (bytes < WorkspacePool::kMinBytes) return py::array_t<T>(dims);
+  auto* block = new PooledBlock{nullptr, bytes};
+  block->p = workspace_malloc(block->bytes);  // updates bytes to the block's own size
+  if (!block->p) {
+    delete block;
+    throw std::bad_alloc();
+  }
+  auto give_back = [](void* b) {
+    auto* blk = static_cast<PooledBlock*>(b);
+    workspace_free(blk->p, blk->bytes);
+    delete blk;
+  };
+  py::capsule owner;
+  try {
+    owner = py::capsule(block, give_back);
+  } catch (...) {
+    give_back(block);
+    throw;
+  }
+  return py::array_t<T>(dims, static_cast<T*>(block->p), owner);
 }
 
 struct Config {

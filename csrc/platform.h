@@ -66,7 +66,8 @@ inline void* fresh_workspace(size_t bytes) {
 // Large workspace blocks freed by a call are kept for the next calls: the C library would
 // otherwise often hand such blocks back to the system (munmap, or a trimmed heap) and the next
 // call would fault every page in again (seen in a PyTorch training step with rnncore's LSTM,
-// where PyTorch's own allocations interleave with rnncore's). Blocks of
+// where PyTorch's own allocations interleave with rnncore's). Output arrays of that size take
+// their memory from here too and give it back when NumPy frees them (bindings.cpp). Blocks of
 // 1 MiB and more are kept, at most kSlots of them and kMaxHeld bytes in all, the oldest given
 // back first; a block serves a request of at least half its size. Blocks nobody took for one
 // second are given back at the next allocation or free of any size (any later call), and

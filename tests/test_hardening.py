@@ -187,6 +187,7 @@ def test_a_discarded_tape_frees_its_buffers():
             assert kept > 0.9 * nbytes and _core.workspace_kept() == 0, (kept, nbytes)
             assert held - rss() > 0.9 * nbytes, (held - rss(), nbytes)
             del y, st
+        rnncore.release_memory()                      # y's block too: outputs of 1 MiB and more are kept as well
         assert rss() - base < 4 * 2**20, rss() - base
         print("ok")
     """, env={"MALLOC_MMAP_THRESHOLD_": "131072"})
@@ -227,6 +228,41 @@ def test_kept_workspace_is_bounded_reused_and_given_back_when_unused():
         assert _core.workspace_kept() == 0, (_core.workspace_kept(), kept)
         print("ok")
     """, env={"MALLOC_MMAP_THRESHOLD_": "131072"})
+
+
+def test_large_outputs_take_kept_blocks_and_give_them_back():
+    """Output arrays and gradients of 1 MiB and more take their memory from the kept workspace
+    blocks and give it back when NumPy frees them, so that the next call's outputs reuse it; they
+    are ordinary, writeable, C-contiguous arrays that pickle and outlive their model."""
+    run_isolated("""
+        import gc, pickle, numpy as np, rnncore
+        from rnncore import _core
+        m = rnncore.LSTM(16, 128, seed=0)
+        x = np.random.default_rng(0).standard_normal((50, 64, 16)).astype(np.float32)
+        rnncore.release_memory()
+        y, _ = m(x)                                   # (50, 64, 128) float32: 1.6 MiB
+        assert y.nbytes >= 2**20 and y.flags.c_contiguous and y.flags.writeable and y.flags.aligned
+        want = y.copy()
+        where = y.ctypes.data
+        kept = _core.workspace_kept()
+        del y
+        gc.collect()
+        assert _core.workspace_kept() >= want.nbytes, (_core.workspace_kept(), kept, want.nbytes)
+        y, _ = m(x)
+        assert y.ctypes.data == where                 # the same block again
+        np.testing.assert_array_equal(y, want)
+        y[0, 0, 0] = 5.0                              # writeable, and its own memory
+        assert pickle.loads(pickle.dumps(y))[0, 0, 0] == 5.0
+        m2 = rnncore.LSTM(512, 128, seed=0)           # W_ih's gradient: (512, 512) float32, 1 MiB
+        x2 = np.ones((3, 2, 512), np.float32)
+        _, _, tape = m2.forward(x2, train=True)
+        g = m2.backward(tape, np.ones((3, 2, 128), np.float32))["W_ih_l0"]
+        assert g.nbytes >= 2**20 and np.isfinite(g).all()
+        del m, m2, tape
+        gc.collect()
+        assert y[0, 0, 0] == 5.0 and np.array_equal(y[1:], want[1:]) and np.isfinite(g).all()   # outlive the models
+        print("ok")
+    """)
 
 
 def tape_formula(model, T, N, lengths):

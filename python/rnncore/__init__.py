@@ -81,7 +81,8 @@ def team_stats() -> Dict[str, int]:
 
 def release_memory() -> int:
     """Give back to the system the workspace blocks that calls keep for the calls after them, and
-    return how many bytes that was. Freed workspace blocks of 1 MiB and more are kept (at most 16
+    return how many bytes that was. Freed workspace blocks of 1 MiB and more, and the memory of
+    freed output arrays and gradients of that size, are kept (at most 16
     blocks, 256 MiB in all) so that the next call need not fault their pages in again; a block
     nobody reuses within a second is given back at the next call anyway (README, Memory)."""
     held = int(_core.workspace_kept())
