@@ -146,12 +146,12 @@ def test_packed_full_length_rows_are_not_copied(monkeypatch):
     x = torch.randn(T, N, D, dtype=torch.float64)
     packed = pack_padded_sequence(x, torch.full((N,), T), enforce_sorted=True)
     seen = {}
-    real = models._Recurrent.forward
+    real = models._Recurrent._run
 
     def spy(self, x, *args, **kw):
         seen["x"] = x
         return real(self, x, *args, **kw)
-    monkeypatch.setattr(models._Recurrent, "forward", spy)
+    monkeypatch.setattr(models._Recurrent, "_run", spy)
     with torch.no_grad():
         y, _ = a(packed)
     assert np.shares_memory(seen["x"], packed.data.numpy())
@@ -215,7 +215,9 @@ def test_parameters_map_as_convert_does():
     for kind in ("lstm", "gru", "rnn_tanh"):
         a, _ = _pair(kind, num_layers=2, bidirectional=True)
         template = a._core_template(torch.float64, False, 0.0)
-        got = {n: t.detach().numpy() for (n, _), t in zip(template._param_shapes(), a._core_parameters(template))}
+        views, _ = a._parameter_views()
+        _, weights = a._core_weights(template, views)
+        got = {n: w for (n, _), w in zip(template._param_shapes(), [w for group in weights for w in group])}
         want = rnncore.from_torch_state_dict(a.state_dict(), template.cell)
         assert set(got) == set(want)
         for n in want:
@@ -225,12 +227,12 @@ def test_parameters_map_as_convert_does():
 def test_float32_weights_are_not_copied(monkeypatch):
     a, _ = _pair("lstm", dtype=torch.float32)
     seen = {}
-    real = models._Recurrent.forward
+    real = models._Recurrent._run
 
-    def spy(self, *args, **kw):
-        seen.update(self.parameters())
-        return real(self, *args, **kw)
-    monkeypatch.setattr(models._Recurrent, "forward", spy)
+    def spy(self, x, h0, c0, lengths, train, weights, rng=None):
+        seen.update(zip(("W_ih_l0", "W_hh_l0"), weights[0]))
+        return real(self, x, h0, c0, lengths, train, weights, rng)
+    monkeypatch.setattr(models._Recurrent, "_run", spy)
     a(torch.randn(T, N, D))
     assert np.shares_memory(seen["W_ih_l0"], a.weight_ih_l0.detach().numpy())
     assert np.shares_memory(seen["W_hh_l0"], a.weight_hh_l0.detach().numpy())
@@ -570,12 +572,12 @@ def test_an_input_without_requires_grad_skips_its_gradient(kind, monkeypatch):
     """Data that needs no gradient (the usual training input): rnncore's backward is asked for no
     dx, and every parameter's and state's gradient still equals torch.nn's."""
     asked = []
-    real = models._Recurrent.backward
+    real = models._Recurrent._run_backward
 
-    def spy(self, *args, **kw):
-        asked.append(kw.get("input_grad", True))
-        return real(self, *args, **kw)
-    monkeypatch.setattr(models._Recurrent, "backward", spy)
+    def spy(self, tape, dy, dh_n, dc_n, input_grad):
+        asked.append(input_grad)
+        return real(self, tape, dy, dh_n, dc_n, input_grad)
+    monkeypatch.setattr(models._Recurrent, "_run_backward", spy)
     a, b = _pair(kind, num_layers=2, bidirectional=True)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(T, N, D, generator=g, dtype=torch.float64)

@@ -590,26 +590,33 @@ class _Recurrent:
         if not isinstance(train, (bool, np.bool_)):
             raise TypeError(f"train: expected a bool, got {_describe(train)}")
         x = self._check_array(x, "x", 3)
-        if self.batch_first:
-            x = x.transpose(1, 0, 2)
-        T, N, D = x.shape
+        T, N, D = x.shape[1::-1] + x.shape[2:] if self.batch_first else x.shape
         if T < 1:
-            raise ValueError(f"x: expected at least one time step, got shape {self._user_shape(x.shape)}")
+            raise ValueError(f"x: expected at least one time step, got shape {x.shape}")
         if D != self.input_size:
-            raise ValueError(f"x: expected last dimension input_size={self.input_size}, got shape "
-                             f"{self._user_shape(x.shape)}")
+            raise ValueError(f"x: expected last dimension input_size={self.input_size}, got shape {x.shape}")
         self._check_call_sizes(T, N)
-        x = _c_aligned(x)
         h0, c0 = self._check_state(state, N)
         lengths = self._check_lengths(lengths, T, N)
-        weights = self._weights()
+        return self._run(x, h0, c0, lengths, bool(train), self._weights())
+
+    def _run(self, x: np.ndarray, h0: np.ndarray, c0: Optional[np.ndarray], lengths: Optional[np.ndarray],
+             train: bool, weights: _Weights, rng: Optional[np.random.Generator] = None
+             ) -> Tuple[np.ndarray, State, Optional[Tape]]:
+        """``forward`` on arguments already checked: x of the model's dtype in the caller's layout
+        (``batch_first`` or not), states and lengths as the core takes them, the parameters in
+        ``_weights()``'s form; dropout masks from ``rng`` (default: the model's generator)."""
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        x = _c_aligned(x)
+        T, N = x.shape[0], x.shape[1]
         masks = None
         if train and self.dropout > 0 and self.num_layers > 1:
             keep = 1.0 - self.dropout
             shape = (self.num_layers - 1, T, N, self.dirs * self._out_size)
-            masks = ((self._dropout_rng.random(shape) < keep) / keep).astype(self.dtype)
+            masks = (((rng or self._dropout_rng).random(shape) < keep) / keep).astype(self.dtype)
         y, h_n, c_n, etape = self._engine.forward(self.cell, self.num_layers, self.bidirectional, weights, x,
-                                                  h0, c0, lengths, masks, bool(train), hidden_size=self.hidden_size)
+                                                  h0, c0, lengths, masks, train, hidden_size=self.hidden_size)
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         tape = Tape(self, etape, weights, masks, T, N, lengths is not None) if train else None
@@ -658,29 +665,38 @@ class _Recurrent:
         T, N, H, R = tape.T, tape.N, self.hidden_size, self._out_size
         if dy is not None:
             dy = self._check_array(dy, "dy", 3)
-            if self.batch_first:
-                dy = dy.transpose(1, 0, 2)
-            want = (T, N, self.dirs * R)
+            want = self._user_shape((T, N, self.dirs * R))
             if dy.shape != want:
-                raise ValueError(f"dy: expected shape {self._user_shape(want)} (like y), got "
-                                 f"{self._user_shape(dy.shape)}")
-            dy = _c_aligned(dy)
+                raise ValueError(f"dy: expected shape {want} (like y), got {dy.shape}")
         dh_n = self._check_optional_state(dh_n, "dh_n", (self.num_layers * self.dirs, N, R))
         if self._has_c:
             dc_n = self._check_optional_state(dc_n, "dc_n", (self.num_layers * self.dirs, N, H))
         elif dc_n is not None:
             raise ValueError(f"dc_n: {type(self).__name__} has no cell state; pass None")
-        dx, dh0, dc0, dw = self._engine.backward(tape.engine_tape, tape.weights, tape.masks, dy, dh_n, dc_n,
-                                                 bool(input_grad))
+        dx, dh0, dc0, dw = self._run_backward(tape, dy, dh_n, dc_n, bool(input_grad))
         inputs: Dict[str, np.ndarray] = {}
         if dx is not None:
-            inputs["x"] = np.ascontiguousarray(dx.transpose(1, 0, 2)) if self.batch_first else dx
+            inputs["x"] = dx
         inputs["h0"] = dh0
-        if self._has_c:
+        if dc0 is not None:
             inputs["c0"] = dc0
         names = [n for n, _ in self._param_shapes()]
         flat = [a for group in dw for a in group if a is not None]
         return Gradients(inputs, zip(names, flat))
+
+    def _run_backward(self, tape: Tape, dy: Optional[np.ndarray], dh_n: Optional[np.ndarray],
+                      dc_n: Optional[np.ndarray], input_grad: bool) -> Tuple[
+                          Optional[np.ndarray], np.ndarray, Optional[np.ndarray], List[Tuple[np.ndarray, ...]]]:
+        """``backward`` on arguments already checked (dy in the caller's layout): dx (in that layout,
+        or None), dh0, dc0 (or None) and, per layer and direction, the parameters' gradients in the
+        cell's order."""
+        if dy is not None:
+            dy = _c_aligned(dy.transpose(1, 0, 2) if self.batch_first else dy)
+        dx, dh0, dc0, dw = self._engine.backward(tape.engine_tape, tape.weights, tape.masks, dy, dh_n, dc_n,
+                                                 input_grad)
+        if dx is not None and self.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        return dx, dh0, dc0, dw
 
     # ---- interoperability and files: thin delegates to _torch, _keras, _onnx and _io ------
 

@@ -34,6 +34,7 @@ except ImportError as e:
 from torch.nn.utils.rnn import PackedSequence  # noqa: E402
 
 from . import _convert, _core, models  # noqa: E402
+from .models import _c_aligned  # noqa: E402
 
 __all__ = ["LSTM", "GRU", "RNN", "convert", "revert", "share_threads"]
 
@@ -59,17 +60,19 @@ class _NoDoubleBackward(torch.autograd.Function):
 class _Recurrent(torch.autograd.Function):
     """rnncore's forward and backward as one autograd node.
 
-    Inputs: the rnncore model to call (its parameters already adopted), the lengths (or None),
-    whether to keep a tape, then x, h0, c0 (tensors or None) and the parameters in the model's
-    order (rnncore's layout). Outputs: y, h_n (and c_n for LSTM).
+    Inputs: the call (a ``_Call``), then x, h0, c0 (tensors or None) and the module's own
+    parameters (``_flat_weights``, PyTorch's layout). Outputs: y, h_n (and c_n for LSTM). The
+    parameters reach rnncore as NumPy views, or through ``_Call``'s map where rnncore's layout
+    differs; backward maps rnncore's gradients back to each of them.
     """
 
     @staticmethod
-    def forward(ctx, core, lengths, keep_tape, x, h0, c0, *params):
+    def forward(ctx, call, x, h0, c0, *params):
         ctx.set_materialize_grads(False)
-        state = (_np(h0), _np(c0)) if core._has_c else _np(h0)
-        y, state, tape = core.forward(_np(x), state, lengths=lengths, train=keep_tape)
-        ctx.core, ctx.tape = core, tape
+        core = call.core
+        y, state, tape = core._run(_np(x), _state(h0, call, 0), _state(c0, call, 1) if core._has_c else None,
+                                   call.lengths, call.keep_tape, call.weights, call.rng)
+        ctx.call, ctx.tape = call, tape
         ctx.save_for_backward(*params)   # PyTorch then refuses a backward after they changed in place
         if core._has_c:
             return torch.from_numpy(y), torch.from_numpy(state[0]), torch.from_numpy(state[1])
@@ -78,16 +81,16 @@ class _Recurrent(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n=None):
         ctx.saved_tensors   # raises if a parameter was modified in place since the forward
-        core = ctx.core
+        call = ctx.call
         if ctx.tape is None:
             raise RuntimeError("rnncore.torch: no tape was kept for this forward (internal error)")
         need = ctx.needs_input_grad
-        grads = core.backward(ctx.tape, _np(dy), _np(dh_n), _np(dc_n) if core._has_c else None,
-                              input_grad=bool(need[3]))   # no dx when the input needs no gradient
-        out = [None, None, None]
-        for i, key in enumerate(("x", "h0", "c0")):
-            out.append(torch.from_numpy(grads[key]) if need[3 + i] and key in grads else None)
-        out += [torch.from_numpy(grads[n]) if need[6 + i] else None for i, n in enumerate(core._torch_names)]
+        dx, dh0, dc0, dw = call.core._run_backward(ctx.tape, _np(dy), _aligned(dh_n), _aligned(dc_n), bool(need[1]))
+        out = [None,
+               torch.from_numpy(dx) if need[1] else None,
+               torch.from_numpy(dh0) if need[2] else None,
+               torch.from_numpy(dc0) if need[3] and dc0 is not None else None]
+        out += call.torch_grads(dw, need[4:])
         if torch.is_grad_enabled():   # create_graph=True: make differentiating these results an error
             given = [g for g in (dy, dh_n, dc_n) if g is not None]
             idx = [i for i, g in enumerate(out) if g is not None]
@@ -97,9 +100,59 @@ class _Recurrent(torch.autograd.Function):
         return tuple(out)
 
 
+class _Call:
+    """One call of a module, as ``_Recurrent`` takes it: the rnncore model of the module's
+    configuration (without parameters of its own), the parameters in rnncore's layout
+    (``weights``, as ``models._Recurrent._weights`` gives them), the lengths, whether to keep a
+    tape, the dropout generator, and the map of gradients back to the module's parameters."""
+
+    __slots__ = ("core", "plan", "weights", "lengths", "keep_tape", "rng", "shapes", "n_torch", "sign")
+
+    def __init__(self, core, plan, weights, lengths, keep_tape, rng, shapes, n_torch, sign):
+        self.core, self.plan, self.weights, self.lengths = core, plan, weights, lengths
+        self.keep_tape, self.rng, self.shapes, self.n_torch, self.sign = keep_tape, rng, shapes, n_torch, sign
+
+    def zeros(self, k):
+        """Zero initial state: h0 (k = 0) or c0 (k = 1)."""
+        return np.zeros(self.shapes[k], self.core.dtype)
+
+    def torch_grads(self, dw, needed):
+        """The gradients of the module's parameters, in ``_flat_weights``' order, from rnncore's
+        (per layer and direction, in the cell's order): those not ``needed`` are None."""
+        out = [None] * self.n_torch
+        flat = [g for group in dw for g in group]
+        sign = self.sign
+        for (op, a, b, _), g in zip(self.plan, flat):
+            if op == "as is":
+                out[a] = g
+            elif op == "sum":                      # rnncore's one bias: bias_ih + bias_hh, both get its gradient
+                out[a], out[b] = g, g.copy()       # (apart: an optimiser may scale one in place)
+            elif op == "signed":                   # the reset_after GRU's weights: z rows change sign
+                g *= sign[:, None]
+                out[a] = g
+            elif op == "signed sum":               # its bias: bias_ih, and bias_hh's r and z rows
+                g *= sign
+                out[a] = g
+                out[b] = np.zeros_like(g)
+                out[b][:2 * (g.shape[0] // 3)] = g[:2 * (g.shape[0] // 3)]
+            elif op == "tail":                     # b_hn: bias_hh's n rows
+                out[a][2 * g.shape[0]:] = g
+        return [torch.from_numpy(g) if g is not None and need else None for g, need in zip(out, needed)]
+
+
 def _np(t):
     """A NumPy view of a CPU tensor (None stays None); no copy."""
     return None if t is None else t.detach().numpy()
+
+
+def _aligned(t):
+    """A C-contiguous, aligned NumPy array of a tensor's values (a view when it is one already); None stays None."""
+    return None if t is None else _c_aligned(t.detach().numpy())
+
+
+def _state(t, call, k):
+    """An initial state as the core takes it: the tensor's values, or zeros for None (k: 0 h0, 1 c0)."""
+    return call.zeros(k) if t is None else _aligned(t)
 
 
 # ---- the modules ----------------------------------------------------------------------------
@@ -144,31 +197,51 @@ class _Module:
             else:
                 cls, cfg["reset_after"] = models.GRU, self._cell == "gru_after"
             core = cache[key] = cls._unparameterised(cfg)
-            core._torch_names = [n for n, _ in core._param_shapes()]
         return core
 
-    def _core_parameters(self, core):
-        """This module's parameters in rnncore's layout, as torch expressions (autograd maps the gradients)."""
+    def _parameter_views(self):
+        """NumPy views of the module's parameters (``_flat_weights``) and their dtype. They are made,
+        and the parameters checked, again only when a parameter is another tensor or its memory
+        moved (``module.double()``, ``p.data = ...``); in-place updates (an optimiser's) show through."""
+        w = self._flat_weights
+        cache = self.__dict__.setdefault("_rnncore_cache", {})
+        got = cache.get("views")
+        if (got is not None and len(got[0]) == len(w) and all(a is b for a, b in zip(got[0], w))
+                and got[1] == [t.data_ptr() for t in w]):
+            return got[2], got[3]
+        dtype = self._check_parameters()
+        views = [_np(t) for t in w]
+        cache["views"] = (list(w), [t.data_ptr() for t in w], views, dtype)
+        return views, dtype
+
+    def _core_weights(self, core, views):
+        """The plan (``_parameter_plan``) and this module's parameters in rnncore's layout, in
+        ``models._Recurrent._weights``' form: views of the module's own where the layouts agree,
+        fresh arrays where rnncore's parameter is computed from them."""
         plan = core.__dict__.get("_torch_plan")
         if plan is None or plan[0] != self._flat_weights_names:
-            plan = core._torch_plan = (list(self._flat_weights_names), self._parameter_plan(core))
-        w = self._flat_weights
+            plan = core._torch_plan = (list(self._flat_weights_names), self._parameter_plan(core),
+                                       _convert._z_sign(core.cell, core.hidden_size, core.dtype))
+        sign = plan[2]
         out = []
         for op, a, b, shape in plan[1]:
             if op == "as is":
-                out.append(w[a])
+                out.append(_c_aligned(views[a]))
             elif op == "sum":                      # rnncore's one bias: bias_ih + bias_hh
-                out.append(w[a] + w[b])
+                out.append(views[a] + views[b])
             elif op == "zeros":
-                out.append(torch.zeros(shape, dtype=w[0].dtype))
+                out.append(np.zeros(shape, core.dtype))
             elif op == "signed":                   # the reset_after GRU's weights: z rows change sign
-                out.append(w[a] * _gru_sign(shape[0], w[a]))
+                out.append(views[a] * sign[:, None])
             elif op == "signed sum":               # its bias: bias_ih + bias_hh's r and z rows, signed
                 H = shape[0] // 3
-                out.append((w[a] + torch.cat([w[b][:2 * H], w[b].new_zeros(H)])) * _gru_sign(shape[0], w[a])[:, 0])
+                v = views[a].copy()
+                v[:2 * H] += views[b][:2 * H]
+                out.append(v * sign)
             else:                                  # "tail": b_hn, bias_hh's n rows
-                out.append(w[a][2 * shape[0]:])
-        return out
+                out.append(views[a][2 * shape[0]:])
+        per = len(core._param_list())
+        return plan, [tuple(out[i:i + per]) for i in range(0, len(out), per)]
 
     def _parameter_plan(self, core):
         """How each of rnncore's parameters comes from this module's (indices into _flat_weights)."""
@@ -242,7 +315,7 @@ class _Module:
     # -- forward -------------------------------------------------------------------------------
 
     def _rnncore_forward(self, input, hx=None):
-        dtype = self._check_parameters()
+        views, dtype = self._parameter_views()
         name = type(self).__name__
         has_c = self.mode == "LSTM"
         dirs = 2 if self.bidirectional else 1
@@ -295,17 +368,17 @@ class _Module:
                 c0 = c0.unsqueeze(1) if c0 is not None else None
         train_dropout = self.training and self.dropout > 0 and self.num_layers > 1
         template = self._core_template(dtype, batch_first, self.dropout if train_dropout else 0.0)
-        params = self._core_parameters(template)
-        inputs = [x, h0, c0] + params
-        keep_tape = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-        core = object.__new__(type(template))
-        core.__dict__.update(template.__dict__)
-        core._adopt({n: _np(t) for n, t in zip(template._torch_names, params)})
+        template._check_call_sizes(T, N)
+        plan, weights = self._core_weights(template, views)
+        params = self._flat_weights
+        keep_tape = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [x, h0, c0] + params)
+        rng = None
         if train_dropout:
             seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
-            core._dropout_rng = np.random.default_rng(seed)
-        out = _Recurrent.apply(core, None if lengths is None else lengths.numpy(), keep_tape or train_dropout,
-                               *inputs)
+            rng = np.random.default_rng(seed)
+        call = _Call(template, plan[1], weights, None if lengths is None else lengths.numpy(),
+                     keep_tape or train_dropout, rng, shapes, len(params), plan[2])
+        out = _Recurrent.apply(call, x, h0, c0, *params)
         y, hidden = out[0], (out[1], out[2]) if has_c else out[1]
         if packed:
             y = PackedSequence(y.reshape(-1, y.shape[-1]).index_select(0, idx), batch_sizes, sorted_indices,
