@@ -9,18 +9,25 @@ timing, their losses and gradients are checked to agree. Both use the same threa
 The wrapper's own cost is measured at the first shape: forward and backward of the module
 (autograd, argument checks, the parameter map) against the same forward and backward called on
 an ``rnncore.LSTM`` directly with NumPy arrays (without the input's gradient, which the module
-skips too when the input needs none), as a fraction of the module's full step. Beside
-them, the bare calls followed by a ``torch.autograd.Function`` with the module's inputs and
-outputs that computes nothing: the difference is what PyTorch's autograd machinery alone costs
-there, between heavy calls (any module written as such a Function pays it).
+skips too when the input needs none), as a fraction of the module's full step. Beside them, the
+bare calls followed by a ``torch.autograd.Function`` with the module's inputs and outputs that
+computes nothing: the difference is what PyTorch's autograd machinery alone costs there, between
+heavy calls (any module written as such a Function pays it). These four (the full step, the
+module, the bare calls, the bare calls and the empty Function) run one call each per round, in a
+rotating order, and each difference is taken within a round: on a machine whose speed drifts
+between seconds, the difference of two calls made milliseconds apart is far steadier than that
+of two medians taken apart.
 
 The floor: an LSTM layer's forward and backward are six GEMM-shaped products of the same size
 (forward: the input projection and the recurrent products; backward: the recurrent products,
 dx, dW_ih and dW_hh), 2 * 6 * T * N * 4H * H FLOPs at D = H; five when the input needs no
 gradient, as here (the step's input is data), since dx is then not needed. At the best size^3
 SGEMM rate measured in the same run (rnncore's OpenBLAS, NumPy's matmul or torch.mm, whichever
-is fastest, with the same threads), the five products alone take ``floor_s``: no implementation's step can be
-faster, so ``torch.nn.LSTM``'s step time over it bounds the speedup any replacement can reach.
+is fastest, with the same threads), the five products alone take ``floor_s``. The rest of the
+step (the loss, PyTorch's autograd and Adam) is timed beside the two modules as the same step
+with the empty Function in place of the LSTM and no gradients made (``rest_s``, a lower bound). No implementation's step
+can be faster than ``floor_s + rest_s``, so ``torch.nn.LSTM``'s step time over it bounds the
+speedup any replacement can reach (``max_speedup``).
 
 Times are medians over interleaved rounds: each round times every variant in turn (in a rotating
 order), so a slowdown of the machine touches all of them alike. The ratio of the minima is given
@@ -109,10 +116,10 @@ def _gemm_peak(torch, threads, size):
 
 
 def run(shapes=SHAPES, threads=2, rounds=5, budget_s=1.5, seed=0, progress=None, overhead_shape=OVERHEAD_SHAPE,
-        gemm_size=2048):
+        gemm_size=2048, overhead_samples=60):
     """Returns a JSON-ready dict: per shape, median seconds of a step for each module and the
-    ratio, and the step's GEMM floor; then the wrapper overhead at ``overhead_shape`` (when it is
-    one of ``shapes``)."""
+    ratio, the step without the LSTM's work, and the step's GEMM floor; then the wrapper overhead
+    at ``overhead_shape`` (when it is one of ``shapes``), over ``overhead_samples`` rounds."""
     import torch
 
     import rnncore.torch as rt
@@ -140,35 +147,38 @@ def run(shapes=SHAPES, threads=2, rounds=5, budget_s=1.5, seed=0, progress=None,
             x, target = torch.randn(T, N, H, generator=g), torch.randn(T, N, H, generator=g)
             agree = _check_agreement(torch, ours, theirs, x, target)
             fns = {"rnncore.torch.LSTM": _step_fn(torch, ours, x, target),
-                   "torch.nn.LSTM": _step_fn(torch, theirs, x, target)}
+                   "torch.nn.LSTM": _step_fn(torch, theirs, x, target),
+                   "no LSTM work": _no_lstm_step_fn(torch, rt.LSTM(H, H), x, target)}
             times = _interleaved(fns, rounds, budget_s)
             med = {k: float(np.median(v)) for k, v in times.items()}
             best = {k: float(np.min(v)) for k, v in times.items()}
             row = {"T": T, "N": N, "D": H, "H": H, "max_rel_diff": agree, "median_s": med, "min_s": best,
                    "samples": {k: len(v) for k, v in times.items()},
                    "speedup": med["torch.nn.LSTM"] / med["rnncore.torch.LSTM"],
-                   "speedup_min": best["torch.nn.LSTM"] / best["rnncore.torch.LSTM"]}
+                   "speedup_min": best["torch.nn.LSTM"] / best["rnncore.torch.LSTM"],
+                   "rest_s": med["no LSTM work"]}
             if out["peak"]:
                 floor = lstm_step_flops(T, N, H, input_grad=False) / (out["peak"]["gflops"] * 1e9)
                 row["floor_s"] = floor
-                row["max_speedup"] = med["torch.nn.LSTM"] / floor
+                row["max_speedup"] = med["torch.nn.LSTM"] / (floor + row["rest_s"])
             out["shapes"].append(row)
             if (T, N, H) == tuple(overhead_shape or ()):
-                out["overhead"] = _overhead(torch, ours, x, rounds, budget_s, med["rnncore.torch.LSTM"], progress)
+                out["overhead"] = _overhead(torch, ours, x, target, overhead_samples, progress)
     finally:
         rnncore.set_num_threads(before[0])
         torch.set_num_threads(before[1])
     return out
 
 
-def _empty_function(torch, module, x):
+def _empty_class(torch, module, x, param_grads=True):
     """A ``torch.autograd.Function`` with the module's inputs and outputs (x, the states, the
-    parameters; y, h_n, c_n) that computes nothing: its outputs and gradients are arrays made once.
-    Its forward and backward cost what PyTorch's autograd machinery costs any such module."""
+    parameters; y, h_n, c_n) that computes nothing: its outputs are arrays made once. With
+    ``param_grads`` its backward returns fresh, unwritten tensors as the parameters' gradients
+    (fresh as any module's are: PyTorch keeps them without a copy), else none. Its forward and
+    backward cost what PyTorch's autograd machinery costs any such module."""
     T, N, H = x.shape[0], x.shape[1], module.hidden_size
     y, h, c = (np.zeros(s, np.float32) for s in ((T, N, H), (1, N, H), (1, N, H)))
     params = list(module.parameters())
-    grads = [np.zeros(tuple(p.shape), np.float32) for p in params]
 
     class Empty(torch.autograd.Function):
         @staticmethod
@@ -178,10 +188,16 @@ def _empty_function(torch, module, x):
 
         @staticmethod
         def backward(ctx, dy, dh, dc):
-            ctx.saved_tensors
-            return (None, None, None) + tuple(torch.from_numpy(g) for g in grads)
+            ps = ctx.saved_tensors
+            return (None, None, None) + tuple(torch.empty_like(p) if param_grads else None for p in ps)
 
-    dy = torch.from_numpy(np.ones((T, N, H), np.float32))
+    return Empty, params
+
+
+def _empty_function(torch, module, x):
+    """Forward and backward through ``_empty_class``'s Function, as ``_overhead`` times the module's."""
+    Empty, params = _empty_class(torch, module, x)
+    dy = torch.from_numpy(np.ones((x.shape[0], x.shape[1], module.hidden_size), np.float32))
 
     def run():
         for p in params:
@@ -191,10 +207,50 @@ def _empty_function(torch, module, x):
     return run
 
 
-def _overhead(torch, module, x, rounds, budget_s, step_s, progress):
+def _no_lstm_step_fn(torch, module, x, target, lr=1e-4):
+    """``_step_fn``'s step with the LSTM's forward and backward replaced by ``_empty_class``'s
+    Function, and gradients of zeros set once: what the rest of the step (the loss and its
+    gradient, PyTorch's autograd, Adam) costs at the least. (No gradient is made or accumulated:
+    a lower bound of what any module's step adds to its LSTM's products.)"""
+    Empty, params = _empty_class(torch, module, x, param_grads=False)
+    grads = [torch.zeros_like(p) for p in params]
+    opt = torch.optim.Adam(params, lr=lr)
+    loss_fn = torch.nn.functional.mse_loss
+
+    def step():
+        for p, g in zip(params, grads):
+            p.grad = g
+        y = Empty.apply(x, None, None, *params)[0]
+        loss = loss_fn(y, target)
+        loss.backward()
+        opt.step()
+    step.optimizer = opt
+    return step
+
+
+def _paired(fns, samples):
+    """name -> list of seconds: ``samples`` rounds, each calling every fn once, in a rotating
+    order; entry i of every list comes from round i (so that differences can be taken round by
+    round, between calls a few milliseconds apart)."""
+    names = list(fns)
+    for n in names:
+        fns[n]()
+    out = {n: [] for n in names}
+    for r in range(samples):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            fns[n]()
+            out[n].append(time.perf_counter() - t0)
+    return out
+
+
+def _overhead(torch, module, x, target, samples, progress):
     """Forward and backward through the module against the same calls on rnncore.LSTM directly;
     and, beside the bare calls, a Function that computes nothing (_empty_function): PyTorch's own
-    share of the difference, measured as (bare calls + the empty Function) - bare calls."""
+    share of the difference, measured as (bare calls + the empty Function) - bare calls. The full
+    step runs in the same rounds: each difference is taken within a round and set against that
+    round's step, and the medians over the rounds are given."""
     if progress:
         progress("torch step: wrapper overhead")
     core = rnncore.from_torch(module)
@@ -215,16 +271,19 @@ def _overhead(torch, module, x, rounds, budget_s, step_s, progress):
     def bare_and_empty():
         bare()
         empty()
-    times = _interleaved({"module": wrapped, "bare": bare, "bare + empty Function": bare_and_empty}, rounds,
-                         budget_s)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    best = {k: float(np.min(v)) for k, v in times.items()}
-    return {"T": x.shape[0], "N": x.shape[1], "H": module.hidden_size, "median_s": med, "min_s": best,
-            "step_s": step_s, "overhead_s": med["module"] - med["bare"],
-            "fraction_of_step": (med["module"] - med["bare"]) / step_s,
-            "overhead_min_s": best["module"] - best["bare"],
-            "autograd_s": med["bare + empty Function"] - med["bare"],
-            "autograd_fraction_of_step": (med["bare + empty Function"] - med["bare"]) / step_s}
+    times = _paired({"step": _step_fn(torch, module, x, target), "module": wrapped, "bare": bare,
+                     "bare + empty Function": bare_and_empty}, samples)
+    t = {k: np.array(v) for k, v in times.items()}
+    wrapper, autograd = t["module"] - t["bare"], t["bare + empty Function"] - t["bare"]
+    return {"T": x.shape[0], "N": x.shape[1], "H": module.hidden_size, "samples": samples,
+            "rounds_s": {k: [float(v) for v in vs] for k, vs in t.items()},
+            "median_s": {k: float(np.median(v)) for k, v in t.items()},
+            "min_s": {k: float(np.min(v)) for k, v in t.items()},
+            "step_s": float(np.median(t["step"])), "overhead_s": float(np.median(wrapper)),
+            "overhead_iqr_s": [float(np.percentile(wrapper, 25)), float(np.percentile(wrapper, 75))],
+            "fraction_of_step": float(np.median(wrapper / t["step"])),
+            "autograd_s": float(np.median(autograd)),
+            "autograd_fraction_of_step": float(np.median(autograd / t["step"]))}
 
 
 def _machine(torch):
@@ -244,30 +303,32 @@ def to_text(result):
              f"{result['rounds']} interleaved rounds; rnncore on "
              f"{'PyTorch' if result.get('openmp_shared') else 'its own'} OpenMP threads",
              f"{'T':>4} {'N':>4} {'H':>4}  {'rnncore.torch ms':>16} {'torch.nn ms':>12} {'speedup':>8}  "
-             f"{'(of minima)':>11}  {'floor ms':>8} {'max speedup':>11}  max rel diff"]
+             f"{'(of minima)':>11}  {'rest ms':>7} {'floor ms':>8} {'max speedup':>11}  max rel diff"]
     for r in result["shapes"]:
         m = r["median_s"]
         floor = (f"{r['floor_s'] * 1e3:>8.2f} {r['max_speedup']:>10.2f}x" if "floor_s" in r else f"{'-':>8} {'-':>11}")
         lines.append(f"{r['T']:>4} {r['N']:>4} {r['H']:>4}  {m['rnncore.torch.LSTM'] * 1e3:>16.2f} "
                      f"{m['torch.nn.LSTM'] * 1e3:>12.2f} {r['speedup']:>7.2f}x  {r['speedup_min']:>10.2f}x  "
-                     f"{floor}  {r['max_rel_diff']:.2g}")
+                     f"{r['rest_s'] * 1e3:>7.2f} {floor}  {r['max_rel_diff']:.2g}")
+    lines.append("rest: the same step with a Function that computes nothing in place of the LSTM and gradients of "
+                 "zeros set once (loss, autograd, Adam): what any module's step adds to its LSTM's products, at the least")
     p = result.get("peak")
     if p:
         lines.append(f"floor: the LSTM's five GEMM-shaped products a step needs when its input needs no gradient "
                      f"(2 * 5 * T * N * 4H * H FLOPs) at the best "
                      f"{p['size']}^3 SGEMM measured here, {p['gflops']:.0f} GFLOP/s ({p['source']}); max speedup: "
-                     f"torch.nn's step over that floor, the most any replacement could reach")
+                     f"torch.nn's step over floor + rest, the most any replacement could reach")
     o = result.get("overhead")
     if o:
-        lines.append(f"wrapper overhead at (T, N, H) = ({o['T']}, {o['N']}, {o['H']}): forward + backward "
-                     f"{o['median_s']['module'] * 1e3:.2f} ms through the module, {o['median_s']['bare'] * 1e3:.2f} ms "
-                     f"on rnncore.LSTM directly: {o['overhead_s'] * 1e3:.3f} ms, "
-                     f"{100 * o['fraction_of_step']:.1f} % of the module's full step (medians); "
-                     f"{o['overhead_min_s'] * 1e3:.3f} ms between the minima")
-        if "autograd_s" in o:
-            lines.append(f"  of which PyTorch's autograd machinery alone (a Function with the same inputs and outputs "
-                         f"that computes nothing, run after the bare calls): {o['autograd_s'] * 1e3:.3f} ms, "
-                         f"{100 * o['autograd_fraction_of_step']:.1f} % of the step")
+        lines.append(f"wrapper overhead at (T, N, H) = ({o['T']}, {o['N']}, {o['H']}), {o['samples']} rounds: "
+                     f"forward + backward {o['median_s']['module'] * 1e3:.2f} ms through the module, "
+                     f"{o['median_s']['bare'] * 1e3:.2f} ms on rnncore.LSTM directly; their difference within a "
+                     f"round {o['overhead_s'] * 1e3:.3f} ms (quartiles {o['overhead_iqr_s'][0] * 1e3:.3f} to "
+                     f"{o['overhead_iqr_s'][1] * 1e3:.3f}), {100 * o['fraction_of_step']:.1f} % of the round's "
+                     f"full step ({o['step_s'] * 1e3:.2f} ms) (medians over the rounds)")
+        lines.append(f"  of which PyTorch's autograd machinery alone (a Function with the same inputs and outputs "
+                     f"that computes nothing, run after the bare calls): {o['autograd_s'] * 1e3:.3f} ms, "
+                     f"{100 * o['autograd_fraction_of_step']:.1f} % of the step")
     rows = {(r["T"], r["N"], r["H"]): r for r in result["shapes"]}
     if rows:
         n8 = [r for r in rows.values() if r["N"] == 8]
@@ -284,28 +345,33 @@ def to_text(result):
 
 def to_markdown(result):
     rows = ["| T | N | H | rnncore.torch.LSTM (ms) | torch.nn.LSTM (ms) | speedup | speedup of minima "
-            "| GEMM floor (ms) | max speedup |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| rest of the step (ms) | GEMM floor (ms) | max speedup |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["shapes"]:
         m = r["median_s"]
         floor = f"{r['floor_s'] * 1e3:.2f} | {r['max_speedup']:.2f}x" if "floor_s" in r else "- | -"
         rows.append(f"| {r['T']} | {r['N']} | {r['H']} | {m['rnncore.torch.LSTM'] * 1e3:.2f} | "
-                    f"{m['torch.nn.LSTM'] * 1e3:.2f} | {r['speedup']:.2f}x | {r['speedup_min']:.2f}x | {floor} |")
+                    f"{m['torch.nn.LSTM'] * 1e3:.2f} | {r['speedup']:.2f}x | {r['speedup_min']:.2f}x | "
+                    f"{r['rest_s'] * 1e3:.2f} | {floor} |")
     text = "\n".join(rows)
+    text += ("\n\nRest of the step: the same step with a Function that computes nothing in place of the LSTM and "
+             "gradients of zeros set once (the loss, PyTorch's autograd, Adam), what any module's step adds to its "
+             "LSTM's products at the least.")
     p = result.get("peak")
     if p:
-        text += (f"\n\nGEMM floor: the FLOPs of the LSTM's forward and backward without the input's gradient "
+        text += (f" GEMM floor: the FLOPs of the LSTM's forward and backward without the input's gradient "
                  f"(2 * 5 * T * N * 4H * H) at the best "
                  f"{p['size']}^3 SGEMM measured in the same run, {p['gflops']:.0f} GFLOP/s ({p['source']}). Max "
-                 f"speedup: torch.nn.LSTM's step over that floor, the most any replacement could reach.")
+                 f"speedup: torch.nn.LSTM's step over the floor plus the rest, the most any replacement could reach.")
     o = result.get("overhead")
     if o:
         text += (f"\n\nWrapper overhead at ({o['T']}, {o['N']}, {o['H']}): {o['overhead_s'] * 1e3:.3f} ms per forward + "
-                 f"backward, {100 * o['fraction_of_step']:.1f} % of the full step.")
-        if "autograd_s" in o:
-            text += (f" Of that, PyTorch's autograd machinery alone (a Function with the same inputs and outputs that "
-                     f"computes nothing, run after the bare calls): {o['autograd_s'] * 1e3:.3f} ms, "
-                     f"{100 * o['autograd_fraction_of_step']:.1f} % of the step.")
+                 f"backward (quartiles {o['overhead_iqr_s'][0] * 1e3:.3f} to {o['overhead_iqr_s'][1] * 1e3:.3f} ms), "
+                 f"{100 * o['fraction_of_step']:.1f} % of the full step: medians over {o['samples']} rounds of the "
+                 f"module's forward and backward less the bare calls' in the same round, over that round's step."
+                 f" Of that, PyTorch's autograd machinery alone (a Function with the same inputs and outputs that "
+                 f"computes nothing, run after the bare calls): {o['autograd_s'] * 1e3:.3f} ms, "
+                 f"{100 * o['autograd_fraction_of_step']:.1f} % of the step.")
     where = "PyTorch's OpenMP threads" if result.get("openmp_shared") else "its own threads"
     return (f"## {result['what']}\n\n{result['dtype']}, {result['threads']} threads each; rnncore's team on "
             f"{where}.\n\n{text}\n")
@@ -329,7 +395,8 @@ def main_from_cli(args, progress=None):
     rounds = args.rounds or (3 if args.quick else 5)
     gemm = args.gemm_size if args.gemm_size is not None else (1024 if args.quick else 2048)
     result = run(shapes, threads=threads, rounds=rounds, budget_s=0.6 if args.quick else 1.5, seed=args.seed,
-                 progress=progress.note if progress is not None else None, gemm_size=gemm)
+                 progress=progress.note if progress is not None else None, gemm_size=gemm,
+                 overhead_samples=20 if args.quick else 60)
     if progress is not None and hasattr(progress, "done"):
         progress.done()
     os.makedirs(args.out, exist_ok=True)
