@@ -594,3 +594,49 @@ def test_an_input_without_requires_grad_skips_its_gradient(kind, monkeypatch):
     assert asked == [False]
     for i, (ga, gb) in enumerate(zip(*grads)):
         _close(ga, gb, f"gradient {i}")
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_parameters_changed_between_calls_are_seen(kind):
+    """The module reads its parameters through NumPy views it keeps between calls: each way of
+    changing a parameter is seen by the next call, as torch.nn sees it: in place (an optimiser),
+    new memory (p.data = ...), memory that is not C-contiguous, and another dtype (module.float())."""
+    a, b = _pair(kind, num_layers=2)
+    x = torch.randn(T, N, D, dtype=torch.float64)
+
+    def same(what, dtype=torch.float64, rtol=RTOL):
+        with torch.no_grad():
+            for u, v in zip(_flat(a(x.to(dtype))), _flat(b(x.to(dtype)))):
+                _close(u, v, what, rtol)
+    same("first call")
+    with torch.no_grad():
+        for m in (a, b):
+            m.weight_hh_l0.mul_(0.5)                            # in place
+    same("after an in-place change")
+    new = torch.randn_like(a.weight_ih_l1)
+    a.weight_ih_l1.data = new.clone()
+    b.weight_ih_l1.data = new.clone()
+    same("after p.data = new memory")
+    wt = torch.randn(a.weight_hh_l1.shape[1], a.weight_hh_l1.shape[0], dtype=torch.float64)
+    a.weight_hh_l1.data = wt.t()                                 # a transposed view: not C-contiguous
+    b.weight_hh_l1.data = wt.t().contiguous()
+    same("after a non-contiguous parameter")
+    with torch.no_grad():
+        wt.mul_(2.0)                                             # seen through the view on the next call
+        b.weight_hh_l1.mul_(2.0)
+    same("after changing the non-contiguous parameter's memory")
+    a.float()
+    b.float()
+    same("after module.float()", torch.float32, 1e-5)
+
+
+def test_summed_biases_get_gradients_of_their_own():
+    """bias_ih and bias_hh receive the same values as gradients, in separate memory: scaling one
+    in place (as gradient clipping does) leaves the other."""
+    a, _ = _pair("lstm")
+    a(torch.randn(T, N, D, dtype=torch.float64))[0].sum().backward()
+    gi, gh = a.bias_ih_l0.grad, a.bias_hh_l0.grad
+    assert torch.equal(gi, gh) and gi.data_ptr() != gh.data_ptr()
+    before = gh.clone()
+    gi.mul_(0.5)
+    assert torch.equal(gh, before)

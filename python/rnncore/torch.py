@@ -232,14 +232,14 @@ class _Module:
             elif op == "zeros":
                 out.append(np.zeros(shape, core.dtype))
             elif op == "signed":                   # the reset_after GRU's weights: z rows change sign
-                out.append(views[a] * sign[:, None])
+                out.append(np.multiply(views[a], sign[:, None], order="C"))
             elif op == "signed sum":               # its bias: bias_ih + bias_hh's r and z rows, signed
                 H = shape[0] // 3
                 v = views[a].copy()
                 v[:2 * H] += views[b][:2 * H]
                 out.append(v * sign)
             else:                                  # "tail": b_hn, bias_hh's n rows
-                out.append(views[a][2 * shape[0]:])
+                out.append(_c_aligned(views[a][2 * shape[0]:]))
         per = len(core._param_list())
         return plan, [tuple(out[i:i + per]) for i in range(0, len(out), per)]
 
