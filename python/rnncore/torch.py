@@ -15,10 +15,11 @@ differs: it calls rnncore's ``forward(train=True)`` and, through a ``torch.autog
 its ``backward``.
 
 How PyTorch's parameters become rnncore's (``_convert`` holds the same map for state dicts;
-README.md, "PyTorch, Keras and ONNX") is written here with torch operations, so that autograd
-carries rnncore's gradients back: weights pass as they are (the GRU's z rows change sign),
-rnncore's one bias per gate is ``bias_ih + bias_hh`` (both receive its gradient), and the reset_after
-GRU's candidate keeps ``bias_hh``'s n rows apart as ``b_hn``.
+README.md, "PyTorch, Keras and ONNX") is a plan per configuration (``_parameter_plan``) that the
+autograd function applies in NumPy both ways: weights pass as they are, as views of the
+parameters' memory (the GRU's z rows change sign), rnncore's one bias per gate is
+``bias_ih + bias_hh`` (both receive its gradient), and the reset_after GRU's candidate keeps
+``bias_hh``'s n rows apart as ``b_hn``; backward maps rnncore's gradients back the same way.
 
 Dropout (``dropout > 0`` and ``num_layers > 1``, in training mode) draws its masks from a NumPy
 generator seeded, at each call, with one integer drawn from PyTorch's default CPU generator:
