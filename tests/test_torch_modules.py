@@ -640,3 +640,18 @@ def test_summed_biases_get_gradients_of_their_own():
     before = gh.clone()
     gi.mul_(0.5)
     assert torch.equal(gh, before)
+
+
+def test_converting_the_module_lets_its_old_parameters_go():
+    """The NumPy views the module keeps of its parameters do not keep the old tensors' memory
+    alive after module.float() / .double() / .to()."""
+    import gc
+    import weakref
+    a, _ = _pair("lstm")
+    a(torch.randn(T, N, D, dtype=torch.float64))
+    old = weakref.ref(a.weight_hh_l0.data.untyped_storage())
+    a.float()
+    gc.collect()
+    assert old() is None
+    y, _ = a(torch.randn(T, N, D))
+    assert y.dtype == torch.float32

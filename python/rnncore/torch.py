@@ -274,6 +274,12 @@ class _Module:
         state.pop("_rnncore_cache", None)      # rebuilt on the next call; rnncore models are not pickled here
         return state
 
+    def _apply(self, fn, *args, **kwargs):
+        # module.float(), .double(), .to(...): the views kept of the old parameters would keep
+        # their memory alive until the next call
+        self.__dict__.pop("_rnncore_cache", None)
+        return super()._apply(fn, *args, **kwargs)
+
     # -- argument checking ---------------------------------------------------------------------
 
     def _check_tensor(self, t, name, dtype):
