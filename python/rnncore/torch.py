@@ -133,10 +133,10 @@ class _Call:
                 out[a] = g
             elif op == "signed sum":               # its bias: bias_ih, and bias_hh's r and z rows
                 g *= sign
-                out[a] = g
-                out[b] = np.zeros_like(g)
-                out[b][:2 * (g.shape[0] // 3)] = g[:2 * (g.shape[0] // 3)]
-            elif op == "tail":                     # b_hn: bias_hh's n rows
+                rz = 2 * (g.shape[0] // 3)
+                out[a], out[b] = g, np.zeros_like(g)
+                out[b][:rz] = g[:rz]
+            elif op == "tail":                     # b_hn: bias_hh's n rows (bias_hh made just above: b precedes b_hn)
                 out[a][2 * g.shape[0]:] = g
         return [torch.from_numpy(g) if g is not None and need else None for g, need in zip(out, needed)]
 
@@ -412,11 +412,6 @@ def _unpack(data, batch_sizes, sorted_indices):
     else:
         x = data.new_zeros(T * N, data.shape[1]).index_copy(0, idx, data).view(T, N, data.shape[1])
     return x, lengths, idx
-
-
-def _gru_sign(G, like):
-    """(G, 1): +1, and -1 on the GRU's z rows (``_convert``'s sign, as a tensor)."""
-    return torch.from_numpy(_convert._z_sign("gru_after", G // 3, _NP_DTYPES[like.dtype])).unsqueeze(1)
 
 
 def _compile_disabled(f):
