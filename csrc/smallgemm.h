@@ -49,7 +49,11 @@ struct SmallGemm {
         e[c] = n >= Nc ? -1 : (n / group) * gstride + n % group;
       }
       T* dst = Bp + p * K * NW;
-      if (trans) {  // column c of the panel is row e[c] of src: NW rows read side by side
+      bool run = !trans;  // not transposed, and the panel's columns NW consecutive ones of src
+      for (int c = 0; c < NW; ++c) run = run && e[c] >= 0 && e[c] == e[0] + c;
+      if (run) {  // each row of the panel is a piece of a row of src (backward's W_hh slices)
+        for (int64_t k = 0; k < K; ++k) std::memcpy(dst + k * NW, src + k * ld + e[0], sizeof(T) * NW);
+      } else if (trans) {  // column c of the panel is row e[c] of src: NW rows read side by side
         const T* rows[NW];
         for (int c = 0; c < NW; ++c) rows[c] = src + (e[c] < 0 ? 0 : e[c]) * ld;
         for (int64_t k = 0; k < K; ++k)
