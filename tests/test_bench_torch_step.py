@@ -31,6 +31,8 @@ def test_run_reports_every_shape_and_the_overhead():
         assert r["max_speedup"] == pytest.approx(r["median_s"]["torch.nn.LSTM"] / (r["floor_s"] + r["rest_s"]))
         assert r["floor_s"] < r["min_s"]["rnncore.torch.LSTM"]       # microseconds of FLOPs, milliseconds of step
     assert res["peak"]["source"] in res["peak"]["all_gflops"] and res["peak"]["gflops"] > 0
+    assert len(res["peak"]["measured_gflops"]) == 2                   # before and after the steps: the best
+    assert res["peak"]["gflops"] == pytest.approx(max(res["peak"]["measured_gflops"]))
     o = res["overhead"]
     assert (o["T"], o["N"], o["H"]) == (5, 2, 8)
     assert o["samples"] == 6 and set(o["median_s"]) == {"step", "module", "bare", "bare + empty Function"}
