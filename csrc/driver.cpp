@@ -436,8 +436,8 @@ constexpr int64_t kFuseRows = 8;
 
 // The input projection of every step, g (R x G, row stride ldg) = x (R x D) W_ih^T, on the
 // step GEMM's kernel: the team packs W_ih's column panels (stage 0), then each thread computes a
-// share of the rows with every column (stage 1). Rows of 8 pass over each panel while it is in
-// L1; a general BLAS at these sizes (R of tens to thousands of rows) reaches less.
+// share of the rows with every column (stage 1), in blocks of rows and panels that stay in L1
+// and L2 (smallgemm.h); a general BLAS at these sizes (R of tens to thousands of rows) reaches less.
 template <class T>
 void project(const Layer<T>& L, const T* x, int64_t R, T* g, int64_t ldg) {
   const int64_t G = L.G(), D = L.D;

@@ -13,8 +13,8 @@
 namespace rnncore {
 namespace RNNCORE_NS {
 
-// A panel is kNV vectors wide. Many rows: kMR rows x 1 panel per tile, so a panel of B stays in
-// L1 while every row block passes over it. Few rows (less than kMR): 2 rows x kFewP panels, for
+// A panel is kNV vectors wide. Many rows: kMR rows x 1 panel per tile, over blocks of rows x
+// panels sized for L1 and L2 (gemm_b). Few rows (less than kMR): 2 rows x kFewP panels, for
 // enough independent accumulators. Every output sums its products in k order, whatever the tile:
 // results do not depend on M, on how rows are grouped, or on whether B is packed.
 #if defined(__AVX512F__)
@@ -36,6 +36,11 @@ struct SmallGemm {
   static constexpr int NW = kNV * L;
 
   static int64_t panels(int64_t Nc) { return (Nc + NW - 1) / NW; }
+  // Many rows (packed B, M >= kMR): the product runs in blocks of rows x panels, so that a block
+  // of panels (about kBlockBBytes) stays in L2 while the row blocks pass over it, and a row block
+  // of A (about kBlockABytes) stays in L1 while the block's panels pass over it. Every output
+  // still sums its K products in order in one tile: the blocking changes no result.
+  static constexpr int64_t kBlockBBytes = int64_t(256) << 10, kBlockABytes = int64_t(16) << 10;
   static int64_t packed_size(int64_t K, int64_t Nc) { return panels(Nc) * K * NW; }
 
   // B[k][n] = trans ? src[e(n) * ld + k] : src[k * ld + e(n)], where e(n) = (n / group) * gstride
@@ -182,6 +187,23 @@ struct SmallGemm {
     if (M < kMR)
       for (; p + kFewP <= full; p += kFewP)
         tile_rows<2, kFewP>(M, K, A, lda, B + p * pstride, ld, pstride, add, C + p * NW, ldc, NW);
+    if (packed && M >= kMR) {  // blocks of rows x panels (kBlockBBytes)
+      const int64_t np = panels(Nc), row_bytes = K * int64_t(sizeof(T));
+      const int64_t bp = kBlockBBytes / (row_bytes * NW) > 1 ? kBlockBBytes / (row_bytes * NW) : 1;
+      const int64_t br = kBlockABytes / row_bytes / kMR * kMR > kMR ? kBlockABytes / row_bytes / kMR * kMR : kMR;
+      for (int64_t p0 = 0; p0 < np; p0 += bp) {
+        const int64_t p1 = p0 + bp < np ? p0 + bp : np;
+        for (int64_t i0 = 0; i0 < M; i0 += br) {
+          const int64_t rows = M - i0 < br ? M - i0 : br;
+          for (int64_t q = p0; q < p1; ++q) {
+            const int64_t cols = Nc - q * NW < NW ? Nc - q * NW : NW;
+            tile_rows<kMR, 1>(rows, K, A + i0 * lda, lda, B + q * pstride, ld, pstride, add, C + i0 * ldc + q * NW,
+                              ldc, cols);
+          }
+        }
+      }
+      return;
+    }
     for (; p < panels(Nc); ++p) {
       const int64_t cols = Nc - p * NW < NW ? Nc - p * NW : NW;
       const T* Bp = B + p * pstride;
