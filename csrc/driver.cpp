@@ -303,13 +303,6 @@ void run_split(const Layer<T>& L, void (*hook)(const AllSteps<T>&), const AllSte
       }))
     throw Interrupted();
 }
-// The bias's gradient on units [u0, u1) of every gate: the gates' gradient summed over every
-// row, in order (a unit-wise hook of the driver's own).
-template <class T>
-void bias_grad(const AllSteps<T>& a) {
-  for (int q = 0; q < a.gates; ++q)
-    column_sums(a.dg + q * a.H + a.u0, a.R, a.u1 - a.u0, a.ldd, a.dp[2] + q * a.H + a.u0);
-}
 
 // Row-wise hooks get whole groups of `group` rows (kPartialRows for a cell with partial_cols).
 template <class T>
@@ -813,7 +806,7 @@ void backward_dir(const Layer<T>& L, const typename Tape<T>::Dir& kept, const T*
   all.drec = dR;
   all.ldd = ldd;
   for (int k = 0; k < cell.num_params; ++k) all.dp[k] = gr.p[k];
-  run_unitwise(L, &bias_grad<T>, all);
+  run_unitwise(L, L.step.bias_grad, all);  // the bias's gradient (step.h)
   Buffer<T> partials(cell.partial_cols ? (R + kPartialRows - 1) / kPartialRows * cell.partial_cols * H : 0);
   all.partials = partials.data();
   if (cell.param_grads && !cell.partial_cols) run_unitwise(L, cell.param_grads, all);

@@ -88,6 +88,7 @@ Kernels<T> kernels(int code) {
   k.step.gemm = &SmallGemm<T>::gemm;
   k.step.gemm_nt = &SmallGemm<T>::gemm_nt;
   k.step.gemm_nn = &SmallGemm<T>::gemm_nn;
+  k.step.bias_grad = &bias_grad<T>;
   return k;
 }
 

@@ -7,6 +7,8 @@
 #pragma once
 #include <cstdint>
 
+#include "isa.h"
+
 namespace rnncore {
 
 constexpr int kMaxParams = 12;  // parameters of one layer and direction, the projection's included
@@ -159,6 +161,9 @@ struct StepGemm {
   // C (+)= A * B, B (K x Nc) row-major:
   void (*gemm_nn)(int64_t M, int64_t K, int64_t Nc, const T* A, int64_t lda, const T* B, int64_t ldb, bool add,
                   T* C, int64_t ldc) = nullptr;
+  // The bias's gradient after the loop (a unit-wise hook): here so that its sums, too, are
+  // compiled for this CPU's instruction set.
+  void (*bias_grad)(const AllSteps<T>&) = nullptr;
 };
 
 // What one instruction-set build provides for a cell.
@@ -184,6 +189,11 @@ constexpr ParamInfo unit_rows(const char* name, int rows, Init init) {
   return {name, 2, {{rows, Var::one}, {1, Var::H}}, init};
 }
 
+}  // namespace rnncore
+
+namespace rnncore {
+namespace RNNCORE_NS {  // compiled per instruction-set level (isa.h)
+
 // out[j] = sum over rows r of a[r * ld + j], rows in order: the same sums whatever the threads.
 template <class T>
 void column_sums(const T* __restrict a, int64_t rows, int64_t cols, int64_t ld, T* __restrict out) {
@@ -192,6 +202,15 @@ void column_sums(const T* __restrict a, int64_t rows, int64_t cols, int64_t ld, 
     for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
 }
 
+// The bias's gradient on units [u0, u1) of every gate: the gates' gradient summed over every row,
+// in order (a unit-wise hook of the driver's own, StepGemm::bias_grad).
+template <class T>
+void bias_grad(const AllSteps<T>& a) {
+  for (int q = 0; q < a.gates; ++q)
+    column_sums(a.dg + q * a.H + a.u0, a.R, a.u1 - a.u0, a.ldd, a.dp[2] + q * a.H + a.u0);
+}
+
+}  // namespace RNNCORE_NS
 }  // namespace rnncore
 
 namespace rnncore {
