@@ -332,7 +332,6 @@ struct PackedSlices {
     return L.projects() ? sp.out_cut[c + 1] - sp.out_cut[c] : sp.unit_cut[c + 1] - sp.unit_cut[c];
   }
   bool per_gate = false;  // forward W_hh packed gate by gate (two-phase whole-row cells)
-  int64_t gate_size = 0;
   PackedSlices(const Layer<T>& L, const Split& sp, bool fwd, bool with_ih = false, bool per_gate_ = false)
       : cols(sp.cols), gates(L.cell.gates), per_gate(per_gate_ && fwd) {
     if (L.single_step()) return;

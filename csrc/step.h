@@ -192,28 +192,6 @@ constexpr ParamInfo unit_rows(const char* name, int rows, Init init) {
 }  // namespace rnncore
 
 namespace rnncore {
-namespace RNNCORE_NS {  // compiled per instruction-set level (isa.h)
-
-// out[j] = sum over rows r of a[r * ld + j], rows in order: the same sums whatever the threads.
-template <class T>
-void column_sums(const T* __restrict a, int64_t rows, int64_t cols, int64_t ld, T* __restrict out) {
-  for (int64_t j = 0; j < cols; ++j) out[j] = T(0);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
-}
-
-// The bias's gradient on units [u0, u1) of every gate: the gates' gradient summed over every row,
-// in order (a unit-wise hook of the driver's own, StepGemm::bias_grad).
-template <class T>
-void bias_grad(const AllSteps<T>& a) {
-  for (int q = 0; q < a.gates; ++q)
-    column_sums(a.dg + q * a.H + a.u0, a.R, a.u1 - a.u0, a.ldd, a.dp[2] + q * a.H + a.u0);
-}
-
-}  // namespace RNNCORE_NS
-}  // namespace rnncore
-
-namespace rnncore {
 
 // What a cell's kernel struct (cells/*.h) says by default; a cell overrides what differs. Its
 // parameter list `params` starts with weight_ih(G), weight_hh(G), bias(G).
@@ -234,4 +212,26 @@ struct CellDefaults {
   static constexpr int num_blocks = 1;
 };
 
+}  // namespace rnncore
+
+namespace rnncore {
+namespace RNNCORE_NS {  // compiled per instruction-set level (isa.h)
+
+// out[j] = sum over rows r of a[r * ld + j], rows in order: the same sums whatever the threads.
+template <class T>
+void column_sums(const T* __restrict a, int64_t rows, int64_t cols, int64_t ld, T* __restrict out) {
+  for (int64_t j = 0; j < cols; ++j) out[j] = T(0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) out[j] += a[r * ld + j];
+}
+
+// The bias's gradient on units [u0, u1) of every gate: the gates' gradient summed over every row,
+// in order (a unit-wise hook of the driver's own, StepGemm::bias_grad).
+template <class T>
+void bias_grad(const AllSteps<T>& a) {
+  for (int q = 0; q < a.gates; ++q)
+    column_sums(a.dg + q * a.H + a.u0, a.R, a.u1 - a.u0, a.ldd, a.dp[CellDefaults::kBias] + q * a.H + a.u0);
+}
+
+}  // namespace RNNCORE_NS
 }  // namespace rnncore

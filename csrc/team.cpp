@@ -269,6 +269,14 @@ void move_off(int cpu) {
 #endif
 }
 
+// A worker's part of a job (thread q > 0), in the caller's floating-point mode for its length.
+void participate_as_worker(Job& job, int q) {
+  const FpMode own = fp_mode();
+  set_fp_mode(job.fp);
+  job.participate(q, false);
+  set_fp_mode(own);
+}
+
 class Team {
  public:
   // A call's turn: the team if it is free, else nothing (the call runs alone).
@@ -344,10 +352,7 @@ class Team {
       }
       if (job && q < job->n) {
         if (current_cpu() == job->caller_cpu) move_off(job->caller_cpu);
-        const FpMode own = fp_mode();
-        set_fp_mode(job->fp);
-        job->participate(q, false);
-        set_fp_mode(own);
+        participate_as_worker(*job, q);
       }
     }
   }
@@ -389,10 +394,7 @@ void region_body(void* arg) {
     if (q == 0) {
       if (!job.participate(0, true)) r.ok.store(false);
     } else {
-      const FpMode own = fp_mode();
-      set_fp_mode(job.fp);
-      job.participate(q, false);
-      set_fp_mode(own);
+      participate_as_worker(job, q);
     }
   } catch (...) {  // nothing may leave a parallel region: stop the job, rethrow after the join
     std::lock_guard<std::mutex> lock(r.mutex);

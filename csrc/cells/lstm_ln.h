@@ -182,13 +182,12 @@ struct LayerNormLSTMCell : CellDefaults {
     }
   }
 
-  // gamma and beta of the three LNs at units [u0, u1): sums over every step's rows, in order
-  // (dead rows are zero).
-  // The gradients of the LNs' parameters, in two passes (step.h, partial_cols): input_grads sums
-  // each group of kPartialRows rows into a row of `partials` (gamma_x's, gamma_h's, gamma_c's and
+  // The gradients of the three LNs' gamma and beta at units [u0, u1), sums over every step's rows
+  // in order (dead rows are zero), in two passes (step.h, partial_cols): input_grads sums each
+  // group of kPartialRows rows into a row of `partials` (gamma_x's, gamma_h's, gamma_c's and
   // beta_c's sums, 10H values) while it reads the rows for LN_x's backward; param_grads adds the
   // groups in order. Both LNs' beta gradients are the sum of the gates' gradient over every row:
-  // the bias's, which the driver has summed already (dp[2]).
+  // the bias's, which the driver has summed already (dp[kBias]).
   static constexpr int partial_cols = 10;
   enum : int64_t { kPGx = 0, kPGh = 4, kPGc = 8, kPBc = 9 };  // in a partials row, in units of H
 
@@ -196,7 +195,7 @@ struct LayerNormLSTMCell : CellDefaults {
   static void param_grads(const AllSteps<T>& a) {
     const int64_t H = a.H, groups = (a.R + kPartialRows - 1) / kPartialRows, ldp = partial_cols * H;
     for (int q = 0; q < 4; ++q)
-      for (int64_t j = a.u0; j < a.u1; ++j) a.dp[kBx][q * H + j] = a.dp[kBh][q * H + j] = a.dp[2][q * H + j];
+      for (int64_t j = a.u0; j < a.u1; ++j) a.dp[kBx][q * H + j] = a.dp[kBh][q * H + j] = a.dp[kBias][q * H + j];
     auto add_groups = [&](int64_t col, T* out, int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) out[j] = T(0);
       for (int64_t k = 0; k < groups; ++k) {

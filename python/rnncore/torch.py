@@ -107,11 +107,11 @@ class _Call:
     (``weights``, as ``models._Recurrent._weights`` gives them), the lengths, whether to keep a
     tape, the dropout generator, and the map of gradients back to the module's parameters."""
 
-    __slots__ = ("core", "plan", "weights", "lengths", "keep_tape", "rng", "shapes", "n_torch", "sign")
+    __slots__ = ("core", "plan", "weights", "lengths", "keep_tape", "rng", "shapes")
 
-    def __init__(self, core, plan, weights, lengths, keep_tape, rng, shapes, n_torch, sign):
-        self.core, self.plan, self.weights, self.lengths = core, plan, weights, lengths
-        self.keep_tape, self.rng, self.shapes, self.n_torch, self.sign = keep_tape, rng, shapes, n_torch, sign
+    def __init__(self, core, plan, weights, lengths, keep_tape, rng, shapes):
+        self.core, self.plan, self.weights, self.lengths = core, plan, weights, lengths  # plan: _core_weights'
+        self.keep_tape, self.rng, self.shapes = keep_tape, rng, shapes
 
     def zeros(self, k):
         """Zero initial state: h0 (k = 0) or c0 (k = 1)."""
@@ -120,10 +120,10 @@ class _Call:
     def torch_grads(self, dw, needed):
         """The gradients of the module's parameters, in ``_flat_weights``' order, from rnncore's
         (per layer and direction, in the cell's order): those not ``needed`` are None."""
-        out = [None] * self.n_torch
+        names, ops, sign = self.plan
+        out = [None] * len(names)
         flat = [g for group in dw for g in group]
-        sign = self.sign
-        for (op, a, b, _), g in zip(self.plan, flat):
+        for (op, a, b, _), g in zip(ops, flat):
             if op == "as is":
                 out[a] = g
             elif op == "sum":                      # rnncore's one bias: bias_ih + bias_hh, both get its gradient
@@ -383,8 +383,8 @@ class _Module:
         if train_dropout:
             seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
             rng = np.random.default_rng(seed)
-        call = _Call(template, plan[1], weights, None if lengths is None else lengths.numpy(),
-                     keep_tape or train_dropout, rng, shapes, len(params), plan[2])
+        call = _Call(template, plan, weights, None if lengths is None else lengths.numpy(), keep_tape or train_dropout,
+                     rng, shapes)
         out = _Recurrent.apply(call, x, h0, c0, *params)
         y, hidden = out[0], (out[1], out[2]) if has_c else out[1]
         if packed:

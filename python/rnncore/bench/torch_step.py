@@ -68,17 +68,24 @@ def _interleaved(fns, rounds, budget_s):
     return out
 
 
-def _step_fn(torch, model, x, target, lr=1e-4):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+def _train_step(torch, params, forward, target, lr, zero=None):
+    """One training step as a closure: ``zero()`` (default: the optimizer's zero_grad), y =
+    ``forward()``, the MSE loss against ``target``, backward, and an Adam step over ``params``."""
+    opt = torch.optim.Adam(params, lr=lr)
     loss_fn = torch.nn.functional.mse_loss
+    zero = zero or (lambda: opt.zero_grad(set_to_none=True))
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        y, _ = model(x)
-        loss = loss_fn(y, target)
+        zero()
+        loss = loss_fn(forward(), target)
         loss.backward()
         opt.step()
+    step.optimizer = opt
     return step
+
+
+def _step_fn(torch, model, x, target, lr=1e-4):
+    return _train_step(torch, model.parameters(), lambda: model(x)[0], target, lr)
 
 
 def _check_agreement(torch, ours, theirs, x, target):
@@ -222,18 +229,11 @@ def _no_lstm_step_fn(torch, module, x, target, lr=1e-4):
     a lower bound of what any module's step adds to its LSTM's products.)"""
     Empty, params = _empty_class(torch, module, x, param_grads=False)
     grads = [torch.zeros_like(p) for p in params]
-    opt = torch.optim.Adam(params, lr=lr)
-    loss_fn = torch.nn.functional.mse_loss
 
-    def step():
+    def preset():
         for p, g in zip(params, grads):
             p.grad = g
-        y = Empty.apply(x, None, None, *params)[0]
-        loss = loss_fn(y, target)
-        loss.backward()
-        opt.step()
-    step.optimizer = opt
-    return step
+    return _train_step(torch, params, lambda: Empty.apply(x, None, None, *params)[0], target, lr, zero=preset)
 
 
 def _paired(fns, samples):
